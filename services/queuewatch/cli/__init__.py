@@ -1,0 +1,18 @@
+"""The `queuewatch` command line: one Typer app, commands grouped by the stage they drive.
+
+Each module below registers its commands on :data:`app`; heavy imports stay inside the
+commands so that `queuewatch --help` answers at once.
+"""
+
+from __future__ import annotations
+
+from queuewatch.cli.app import app
+from queuewatch.cli import clickhouse, platform, processors, producers  # noqa: F401  (registers)
+
+
+def main() -> None:
+    """Entry point of the `queuewatch` console script."""
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by producers and processors: topics, clients, the SDK producer."""

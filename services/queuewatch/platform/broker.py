@@ -1,0 +1,274 @@
+"""The local Apache Kafka broker: fetched by Maven, formatted once, started with ``java``.
+
+No Docker engine runs on the development machines, so the real broker (KRaft mode, single
+node) runs from the jars that ``infra/kafka/pom.xml`` pulls from Maven Central. Its data lives
+under ``$QUEUEWATCH_HOME/kafka`` and survives restarts: the log is the system of record, so the
+storage is formatted only when it was never formatted before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from queuewatch.errors import ConfigurationError, QueuewatchError
+from queuewatch.resources import kafka_infra_dir
+
+log = logging.getLogger(__name__)
+
+MIN_JAVA = 17
+
+
+class BrokerError(QueuewatchError):
+    """The local broker could not be fetched, started or reached."""
+
+
+def split_host_port(address: str, default_port: int = 9092) -> tuple[str, int]:
+    """``host:port`` of the first bootstrap server."""
+    first = address.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    if not host:
+        return first, default_port
+    return host.strip("[]"), int(port)
+
+
+def is_local_address(host: str) -> bool:
+    """True when ``host`` names this machine, so a broker may be started for it."""
+    if host in {"localhost", "127.0.0.1", "::1", "0.0.0.0"} or host.startswith("127."):
+        return True
+    try:
+        return socket.gethostbyname(host).startswith("127.")
+    except OSError:
+        return False
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
+    """True when a Kafka broker answers a metadata request at ``bootstrap``."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=int(timeout_s * 1000),
+            client_id="queuewatch-probe",
+        )
+    except (KafkaError, OSError):
+        return False
+    try:
+        admin.describe_cluster()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()
+
+
+def java_version(java: str = "java") -> int:
+    """The major version of the ``java`` on PATH, or an error saying how to install one."""
+    exe = shutil.which(java)
+    if exe is None:
+        raise ConfigurationError(
+            "java was not found on PATH; install a Java 17+ runtime "
+            "(Debian: apt-get install openjdk-17-jre-headless) or point "
+            "QUEUEWATCH_KAFKA_BOOTSTRAP at a running broker"
+        )
+    out = subprocess.run([exe, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not match:
+        raise ConfigurationError(f"cannot read the Java version from: {out.stderr.strip()!r}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8" style
+        major = int(match.group(2))
+    if major < MIN_JAVA:
+        raise ConfigurationError(
+            f"Kafka 4 needs Java {MIN_JAVA}+, found Java {major}; install a newer JDK or JRE"
+        )
+    return major
+
+
+def fetch_jars(libs_dir: Path, pom: Path | None = None) -> Path:
+    """Download the broker's jars with Maven into ``libs_dir`` unless they are there already."""
+    if any(libs_dir.glob("kafka_2.13-*.jar")):
+        return libs_dir
+    pom = pom or kafka_infra_dir() / "pom.xml"
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ConfigurationError(
+            "mvn (Apache Maven) was not found on PATH; it fetches the Kafka broker's jars. "
+            "Install it (Debian: apt-get install maven) and run `make broker` again"
+        )
+    log.info("fetching the Kafka broker jars with Maven into %s", libs_dir)
+    cmd = [mvn, "-q", "-B", "-f", str(pom), "package", f"-Dlibs.dir={libs_dir.resolve()}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not any(libs_dir.glob("kafka_2.13-*.jar")):
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise BrokerError(f"Maven could not fetch the broker's jars ({' '.join(cmd)}):\n{tail}")
+    return libs_dir
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for tests and the controller listener)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalBroker:
+    """One KRaft broker+controller process with its data under ``data_root``."""
+
+    data_root: Path
+    libs_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 9092
+    controller_port: int | None = None
+    heap: str = "1g"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap address clients use."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        """Where the broker writes its log."""
+        return self.data_root / "broker.log"
+
+    @property
+    def pid_file(self) -> Path:
+        """Pid of the running broker, so a crashed supervisor's broker can be found."""
+        return self.data_root / "broker.pid"
+
+    def _config(self) -> Path:
+        """Write server.properties from the template for this broker's ports and folder."""
+        controller_port = self.controller_port or self.port + 1
+        template = Template((kafka_infra_dir() / "server.properties.template").read_text())
+        text = template.substitute(
+            host=self.host,
+            port=self.port,
+            controller_port=controller_port,
+            log_dir=(self.data_root / "data").resolve(),
+        )
+        path = self.data_root / "server.properties"
+        path.write_text(text)
+        return path
+
+    def _classpath(self) -> str:
+        jars = sorted(self.libs_dir.glob("*.jar"))
+        if not jars:
+            raise BrokerError(
+                f"no broker jars in {self.libs_dir}; run `make broker` (Maven fetches them)"
+            )
+        return os.pathsep.join(str(j) for j in jars)
+
+    def _java(self, *args: str, heap: str = "256m") -> list[str]:
+        log4j = kafka_infra_dir() / "log4j2.yaml"
+        return [
+            "java",
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dqueuewatch.broker.log={self.log_file}",
+            "-cp",
+            self._classpath(),
+            *args,
+        ]
+
+    def prepare(self) -> Path:
+        """Create the folder, write the config, and format the storage the first time only."""
+        try:
+            self.data_root.mkdir(parents=True, exist_ok=True)
+            probe = self.data_root / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot write to {self.data_root} ({exc.strerror}); set QUEUEWATCH_HOME to a "
+                "folder you can write"
+            ) from exc
+        java_version()
+        config = self._config()
+        if (self.data_root / "data" / "meta.properties").exists():
+            return config  # formatted before: keep the log, it is the system of record
+        cluster_id = _random_cluster_id()
+        cmd = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise BrokerError(f"formatting the broker storage failed: {result.stdout}{result.stderr}")
+        return config
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start the broker and wait until it answers metadata requests."""
+        if port_open(self.host, self.port):
+            raise BrokerError(
+                f"port {self.port} on {self.host} is taken by another program; stop it or set "
+                "QUEUEWATCH_KAFKA_BOOTSTRAP to another port"
+            )
+        config = self.prepare()
+        cmd = self._java("kafka.Kafka", str(config), heap=self.heap)
+        out = open(self.data_root / "broker.stdout", "ab")  # noqa: SIM115 - owned by the child
+        # A session of its own: Ctrl-C in the terminal reaches the supervisor, which then
+        # stops the broker last, after the processors that still need it.
+        self.process = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        out.close()
+        self.pid_file.write_text(str(self.process.pid))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerError(
+                    f"the broker exited with status {self.process.returncode}; "
+                    f"read {self.log_file} and {self.data_root / 'broker.stdout'}"
+                )
+            if port_open(self.host, self.port) and kafka_answers(self.bootstrap, 2.0):
+                log.info("Kafka broker answers at %s (pid %d)", self.bootstrap, self.process.pid)
+                return
+            time.sleep(0.3)
+        self.stop()
+        raise BrokerError(f"the broker did not answer within {timeout_s:.0f} s; read {self.log_file}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the broker cleanly (SIGTERM, then SIGKILL after ``timeout_s``)."""
+        proc = self.process
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("the broker did not stop within %.0f s; killing it", timeout_s)
+                proc.kill()
+                proc.wait()
+        self.process = None
+        self.pid_file.unlink(missing_ok=True)
+
+
+def _random_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
