@@ -52,6 +52,22 @@ class CommonSettings(BaseSettings):
         12, description="Partitions of the reports topic: the ceiling on aggregator workers."
     )
     log_level: str = Field("INFO", description="Python log level of every queuewatch process.")
+    aggregator_group: str = Field(
+        "queuewatch-aggregator",
+        description="Consumer group (and faust app id) of the aggregator; its state topics "
+        "are named after it.",
+    )
+    raw_sink_group: str = Field(
+        "queuewatch-raw-sink", description="Consumer group of the raw-report sink."
+    )
+    window_sink_group: str = Field(
+        "queuewatch-window-sink", description="Consumer group of the window sink."
+    )
+    query_address: str = Field(
+        "127.0.0.1:8124",
+        description="Where the process that owns the embedded ClickHouse folder answers "
+        "`queuewatch query` (chdb opens a folder in one process only); loopback only.",
+    )
 
     @property
     def resolved_clickhouse_url(self) -> str:
