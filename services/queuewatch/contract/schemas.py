@@ -55,7 +55,7 @@ def load_schema_file(path: Path) -> SchemaVersion:
     version = int(raw.get("queuewatch.version", 1))
     canonical = to_parsing_canonical_form(raw)
     fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
-    parsed = fastavro.parse_schema(raw, _write_hint=False)
+    parsed = fastavro.parse_schema(raw)
     return SchemaVersion(name, version, path, raw, parsed, fp)
 
 
