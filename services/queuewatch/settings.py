@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -96,6 +96,156 @@ class BrokerSettings(BaseSettings):
     )
     broker_start_timeout_s: float = Field(
         60.0, description="How long to wait for a started broker to answer before giving up."
+    )
+    kafka_controller_port: int = Field(
+        0,
+        description="KRaft controller port of the local broker; 0 means the Kafka port + 1. "
+        "Set it when that port is taken by another program.",
+    )
+
+
+class SupervisorSettings(BaseSettings):
+    """`queuewatch up`: how it restarts a processor that died and how long it waits to stop."""
+
+    model_config = _ENV
+
+    restart_backoff_initial_s: float = Field(
+        1.0, description="Pause before restarting a child that died; doubles on each quick death."
+    )
+    restart_backoff_max_s: float = Field(
+        30.0,
+        description="Cap of that pause, so a child that keeps crashing does not spin the CPU "
+        "yet comes back within this long once its cause is fixed.",
+    )
+    restart_stable_after_s: float = Field(
+        60.0,
+        description="A child that ran this long before dying is restarted after the initial "
+        "pause again: its earlier crashes are history.",
+    )
+    stop_timeout_s: float = Field(
+        20.0,
+        description="How long a child may take to stop after SIGTERM (flush, commit offsets) "
+        "before it is killed.",
+    )
+    migrate_timeout_s: float = Field(
+        300.0, description="How long `up` waits for the ClickHouse migrations before giving up."
+    )
+
+
+class SinkSettings(BaseSettings):
+    """The ClickHouse sinks: how big a batch grows and how hard a failing write is retried."""
+
+    model_config = _ENV
+
+    sink_batch_rows: int = Field(
+        10_000,
+        description="Rows per ClickHouse insert at most: large enough that parts stay few "
+        "(ClickHouse wants inserts of thousands of rows), small enough to bound memory.",
+    )
+    sink_batch_seconds: float = Field(
+        1.0,
+        description="Longest a row waits in a batch before it is written: the sinks' share "
+        "of end-to-end latency when traffic is light.",
+    )
+    sink_retry_initial_s: float = Field(
+        0.5, description="First pause after a failed write; it doubles on each failure."
+    )
+    sink_retry_max_s: float = Field(
+        10.0,
+        description="Cap of the pause between write attempts, so a recovered ClickHouse is "
+        "noticed within this many seconds.",
+    )
+
+
+class ProducerSettings(BaseSettings):
+    """The report producer (SDK, `queuewatch publish`, `simulate`): batching and delivery."""
+
+    model_config = _ENV
+
+    producer_linger_ms: int = Field(
+        20,
+        description="How long a record waits for others to share its batch: 20 ms fills "
+        "batches under load at a latency nobody watching a queue notices.",
+    )
+    producer_batch_bytes: int = Field(
+        262_144,
+        description="Largest batch per partition (bytes); bigger batches compress better "
+        "and cost fewer requests.",
+    )
+    producer_compression: Literal["lz4", "gzip", "none"] = Field(
+        "lz4", description="Batch compression: lz4 is cheap on CPU; gzip needs no extra library."
+    )
+    producer_delivery_timeout_s: float = Field(
+        120.0,
+        description="How long a report may take to be acknowledged (retries included) before "
+        "the producer raises instead of waiting forever.",
+    )
+
+
+class SimulatorSettings(BaseSettings):
+    """`queuewatch simulate`: the September 2022 scenario's defaults."""
+
+    model_config = _ENV
+
+    simulator_seed: int = Field(2022, description="Seed of the scenario: same seed, same stream.")
+    simulator_speed: float = Field(
+        600.0,
+        description="Simulated seconds per real second (600: ten minutes of border life per "
+        "second); 0 publishes as fast as the broker takes it.",
+    )
+    simulator_rate: float = Field(
+        0.0, description="Cap on published reports per second; 0 means no cap."
+    )
+    simulator_crossings: int = Field(
+        0,
+        description="Crossings to simulate; 0 means the real ones of the scenario, more adds "
+        "generated crossings for load.",
+    )
+    simulator_invalid_share: float = Field(
+        0.01,
+        description="Share of deliberately invalid reports, so the dead-letter path is "
+        "exercised all the time, not only in tests.",
+    )
+
+
+class AggregatorSettings(BaseSettings):
+    """`queuewatch aggregator`: the windows it keeps, how late a report may be, how it batches."""
+
+    model_config = _ENV
+
+    aggregator_windows: str = Field(
+        "1h:1h:5m,3h:3h:15m,24h:24h:1h",
+        description="Window families as name:size:step, comma-separated (units s, m, h, d); "
+        "windows are aligned to the Unix epoch. Changing it changes every key downstream.",
+    )
+    aggregator_grace: str = Field(
+        "2h",
+        description="How long after a window's end (in event time, against the crossing's "
+        "watermark) it still takes late reports; later ones are counted as late only.",
+    )
+    aggregator_dedup_horizon: str = Field(
+        "",
+        description="How long (event time) an event_id is remembered to drop re-sends; empty "
+        "means the largest window plus the grace, the shortest that keeps windows exact.",
+    )
+    aggregator_flush_interval_s: float = Field(
+        1.0,
+        description="A changed window is emitted at most once per this many seconds, with its "
+        "newest state: a busy window costs one message per interval, not one per report.",
+    )
+    aggregator_batch_size: int = Field(
+        5000,
+        description="Reports decoded, validated and aggregated together: large enough to "
+        "amortise the per-batch changelog write, small enough to bound a replay after a crash.",
+    )
+    aggregator_batch_timeout_s: float = Field(
+        0.2,
+        description="Longest a report waits for its batch to fill when traffic is light.",
+    )
+    aggregator_web_port: int = Field(
+        0,
+        description="Port of faust's web server (stats) on 127.0.0.1; 0 turns it off, so "
+        "several workers on one machine never fight for a port.",
     )
 
 

@@ -1,0 +1,113 @@
+"""One ClickHouse client for both layouts, and the error wrapping every caller relies on.
+
+``connect(url)`` hands the URL to ``clickhouse_connect.get_client(dsn=...)``, which opens the
+embedded chdb engine for ``chdb://PATH`` and an HTTP connection for ``http(s)://``. Errors
+leave this module as :class:`ClickHouseError` with ClickHouse's code and name, so the sinks
+can tell an outage (retry) from a bug (stop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from queuewatch.clickhouse.exceptions import RETRYABLE_CODES, ClickHouseError, EngineBusyError
+from queuewatch.errors import ConfigurationError
+
+#: The embedded engine runs inside this process; clickhouse-connect clients are not
+#: thread-safe and one chdb engine serves every client of the process, so every call on an
+#: embedded client holds this lock (a server needs no such care, but taking it is harmless).
+ENGINE_LOCK = threading.RLock()
+
+_CODE_RE = re.compile(r"Code: (\d+)\.")
+_NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]+)\)\s*(?:\(version [^)]*\))?\s*$")
+
+
+def is_embedded(url: str) -> bool:
+    """True for ``chdb://`` URLs: the engine runs in this process."""
+    return url.startswith("chdb:")
+
+
+def chdb_folder(url: str) -> Path:
+    """The folder of an embedded ``chdb://PATH`` URL (absolute, or relative to the cwd)."""
+    path = url.removeprefix("chdb://").split("?", 1)[0]
+    if not path or path in {"memory", ":memory:"}:
+        raise ConfigurationError(
+            f"{url} is not an on-disk folder; use chdb:///absolute/path for queuewatch"
+        )
+    return Path(path).resolve()
+
+
+def wrap_error(exc: BaseException, doing: str) -> ClickHouseError:
+    """Turn a clickhouse-connect or chdb exception into a ClickHouseError with code and name."""
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    if isinstance(exc, ClickHouseError):
+        return exc
+    text = str(exc)
+    code = getattr(exc, "code", None)
+    name = getattr(exc, "name", None)
+    if code is None and (match := _CODE_RE.search(text)):
+        code = int(match.group(1))
+    if name is None and (match := _NAME_RE.search(text)):
+        name = match.group(1)
+    if "Unable to open the chdb engine" in text or "different path" in text:
+        return EngineBusyError(
+            f"cannot open the embedded ClickHouse folder while {doing}: it is open in another "
+            "process (chdb allows one process per folder); stop that process or send the "
+            "query to it with `queuewatch query`"
+        )
+    message = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if code is None:
+        # No answer from ClickHouse at all: connection refused, reset or timed out.
+        retryable = isinstance(exc, (OperationalError, OSError, TimeoutError))
+        return ClickHouseError(f"{doing}: {message}", None, None, retryable=retryable)
+    return ClickHouseError(
+        f"{doing}: {message}", int(code), name, retryable=int(code) in RETRYABLE_CODES
+    )
+
+
+@contextlib.contextmanager
+def clickhouse_errors(doing: str) -> Iterator[None]:
+    """Re-raise anything ClickHouse or the driver raises as a ClickHouseError."""
+    try:
+        yield
+    except ClickHouseError:
+        raise
+    except Exception as exc:
+        raise wrap_error(exc, doing) from exc
+
+
+def connect(url: str, database: str | None = None, settings: dict[str, Any] | None = None) -> Any:
+    """A clickhouse-connect client for ``url`` (chdb:// embedded or http(s):// server).
+
+    ``database`` becomes the default for unqualified names; leave it None before the
+    database exists (migrations qualify every name). ``settings`` are session settings,
+    e.g. ``{"readonly": 1}`` for the query path.
+    """
+    import clickhouse_connect
+
+    if not (is_embedded(url) or url.startswith(("http://", "https://"))):
+        raise ConfigurationError(
+            f"ClickHouse URL {url!r} is neither chdb://PATH nor http(s)://user:pass@host:port; "
+            "fix QUEUEWATCH_CLICKHOUSE_URL"
+        )
+    if is_embedded(url):
+        folder = chdb_folder(url)
+        folder.mkdir(parents=True, exist_ok=True)
+        url = f"chdb://{folder}"
+    with ENGINE_LOCK, clickhouse_errors(f"connecting to {redact(url)}"):
+        return clickhouse_connect.get_client(dsn=url, database=database, settings=settings)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
