@@ -1,0 +1,1 @@
+"""Producers: the simulator of the September 2022 scenario and the publishing logic."""
