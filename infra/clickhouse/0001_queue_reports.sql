@@ -2,11 +2,13 @@
 -- read with FINAL. Written by the raw sink from the queue-reports topic; rebuildable from it.
 --
 -- First arrival wins, as in the aggregator. ReplacingMergeTree keeps the row with the LARGEST
--- version, so the version is the bitwise complement of the Kafka offset: larger for earlier
--- arrivals. Offsets of different partitions are not comparable, but every report of a crossing
--- is keyed by crossing_id and so lands in one partition: within one crossing the offset orders
--- arrivals exactly as the aggregator saw them. A replay writes the same (partition, offset)
--- again, which is the same row with the same version: FINAL results do not change.
+-- version, so the version's high 64 bits are the bitwise complement of the Kafka offset:
+-- larger for earlier arrivals. Offsets of different partitions are not comparable, but every
+-- report of a crossing is keyed by crossing_id and so lands in one partition: within one
+-- crossing the offset orders arrivals exactly as the aggregator saw them.
+-- A replay writes the same (partition, offset) again: the same row but a later ingested_at.
+-- The low 64 bits, the complement of ingested_at, make the FIRST ingestion win that tie too,
+-- so a replay changes no FINAL result, not even ingested_at.
 --
 -- non_replicated_deduplication_window lets a plain MergeTree drop a repeated insert that
 -- carries the same insert_deduplication_token (the sinks make one per offset range), so a
@@ -36,7 +38,9 @@ CREATE TABLE IF NOT EXISTS {{database}}.queue_reports
     kafka_offset UInt64,
     schema_fingerprint LowCardinality(String),
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3),
-    arrival_version UInt64 MATERIALIZED bitNot(kafka_offset)
+    arrival_version UInt128 MATERIALIZED
+        bitShiftLeft(toUInt128(bitNot(kafka_offset)), 64)
+        + bitNot(toUInt64(toUnixTimestamp64Milli(ingested_at)))
 )
 ENGINE = ReplacingMergeTree(arrival_version)
 PARTITION BY toYYYYMM(observed_at)

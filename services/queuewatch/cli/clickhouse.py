@@ -1,5 +1,139 @@
-"""Commands of the clickhouse stage."""
+"""Commands of the clickhouse stage: `migrate`, `query`, `sink raw|windows|all`."""
 
 from __future__ import annotations
 
-from queuewatch.cli.app import app  # noqa: F401
+import sys
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from queuewatch.cli.app import app, fail, setup_logging
+
+
+class SinkChoice(StrEnum):
+    """Which sink(s) a process runs."""
+
+    raw = "raw"
+    windows = "windows"
+    all = "all"
+
+
+class FormatChoice(StrEnum):
+    """Output formats of `queuewatch query`."""
+
+    table = "table"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the ClickHouse migrations in infra/clickhouse/ that are not applied yet."""
+    from queuewatch.clickhouse import ownership
+    from queuewatch.clickhouse.client import chdb_folder, connect, is_embedded
+    from queuewatch.clickhouse.migrations import migrate as apply
+    from queuewatch.errors import QueuewatchError
+    from queuewatch.settings import CommonSettings
+
+    common = CommonSettings()
+    setup_logging(common.log_level)
+    url = common.resolved_clickhouse_url
+    try:
+        if is_embedded(url):
+            owner = ownership.current_owner(chdb_folder(url))
+            if owner is not None:
+                typer.echo(
+                    f"the embedded ClickHouse is owned by process {owner.pid}, which applied "
+                    "the migrations when it started; nothing to do"
+                )
+                return
+            lock = ownership.acquire(chdb_folder(url), "")
+        else:
+            lock = None
+        try:
+            client = connect(url)
+            try:
+                applied = apply(client, common.clickhouse_database)
+            finally:
+                client.close()
+        finally:
+            if lock is not None:
+                lock.release()
+    except QueuewatchError as exc:
+        raise fail(exc) from None
+    for migration in applied:
+        typer.echo(f"applied {migration.path.name}")
+    typer.echo(f"database {common.clickhouse_database} is up to date")
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="The SQL to run, or - to read it from stdin.")],
+    output: Annotated[
+        FormatChoice,
+        typer.Option("--format", "-f", help="table, jsonl (one object per row) or csv."),
+    ] = FormatChoice.table,
+) -> None:
+    """Run read-only SQL against the projections (ClickHouse refuses writes: readonly=1)."""
+    from queuewatch.clickhouse import ownership
+    from queuewatch.clickhouse.client import chdb_folder, is_embedded
+    from queuewatch.clickhouse.query import readonly_client, run_query
+    from queuewatch.clickhouse.query_server import routed_query
+    from queuewatch.errors import QueuewatchError
+    from queuewatch.settings import CommonSettings
+
+    common = CommonSettings()
+    setup_logging("WARNING")
+    text = sys.stdin.read() if sql == "-" else sql
+    url = common.resolved_clickhouse_url
+    try:
+        owner = ownership.current_owner(chdb_folder(url)) if is_embedded(url) else None
+        if owner is not None and owner.query_address:
+            body = routed_query(owner.query_address, text, output.value)
+        elif owner is not None:
+            raise fail(
+                f"the embedded ClickHouse folder is open in process {owner.pid}, which does "
+                "not answer queries (it may be starting or migrating); retry in a moment"
+            )
+        else:
+            if is_embedded(url) and not chdb_folder(url).is_dir():
+                raise fail(
+                    f"no embedded ClickHouse at {chdb_folder(url)}; run `queuewatch migrate` "
+                    "or `queuewatch up` first, or set QUEUEWATCH_CLICKHOUSE_URL"
+                )
+            client = readonly_client(url, common.clickhouse_database)
+            try:
+                body = run_query(client, text, output.value)
+            finally:
+                client.close()
+    except QueuewatchError as exc:
+        raise fail(exc) from None
+    sys.stdout.buffer.write(body)
+    sys.stdout.buffer.flush()
+
+
+@app.command()
+def sink(
+    which: Annotated[
+        SinkChoice,
+        typer.Argument(help="raw (queue-reports), windows (crossing-windows) or all (both)."),
+    ],
+) -> None:
+    """Write Kafka topics to ClickHouse, committing offsets only after each write."""
+    from queuewatch.errors import QueuewatchError
+    from queuewatch.settings import CommonSettings, SinkSettings
+    from queuewatch.sinks.runner import SinkKind, run_sinks
+
+    common = CommonSettings()
+    setup_logging(common.log_level)
+    chosen: dict[SinkChoice, list[SinkKind]] = {
+        SinkChoice.raw: ["raw"],
+        SinkChoice.windows: ["windows"],
+        SinkChoice.all: ["raw", "windows"],
+    }
+    kinds = chosen[which]
+    try:
+        run_sinks(kinds, common, SinkSettings())
+    except QueuewatchError as exc:
+        raise fail(exc) from None

@@ -1,0 +1,57 @@
+"""Read-only SQL for people: `queuewatch query`, run by ClickHouse with ``readonly=1``.
+
+Writes are refused by ClickHouse itself (code 164 READONLY), not by parsing the statement
+here, so no clever SQL gets past it. Output is rendered by ClickHouse's own formats, so
+types print as ClickHouse prints them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors, connect
+from queuewatch.clickhouse.exceptions import ClickHouseError
+
+READONLY = 164
+
+OutputFormat = Literal["table", "jsonl", "csv"]
+
+#: Our output names -> ClickHouse formats. jsonl is one JSON object per row keyed by column.
+CLICKHOUSE_FORMATS: dict[str, str] = {
+    "table": "PrettyCompactMonoBlock",
+    "jsonl": "JSONEachRow",
+    "csv": "CSVWithNames",
+}
+
+#: Session settings of every query client. Order matters on the embedded engine, where they
+#: are applied one by one with SET: once readonly=1 is set, no setting may change.
+READONLY_SETTINGS: dict[str, Any] = {
+    # 64-bit integers as JSON numbers, not strings, so jsonl rows are plain JSON objects.
+    "output_format_json_quote_64bit_integers": 0,
+    "readonly": 1,
+}
+
+
+def readonly_client(url: str, database: str) -> Any:
+    """A client whose session refuses every statement that writes or changes settings."""
+    return connect(url, database=database, settings=dict(READONLY_SETTINGS))
+
+
+def run_query(client: Any, sql: str, output: OutputFormat) -> bytes:
+    """Run ``sql`` on a read-only client and return it rendered in ``output``."""
+    statement = sql.strip().rstrip(";").strip()
+    fmt = CLICKHOUSE_FORMATS[output]
+    try:
+        with ENGINE_LOCK, clickhouse_errors("running the query"):
+            body = client.raw_query(statement, fmt=fmt)
+    except ClickHouseError as exc:
+        if exc.code == READONLY:
+            raise ClickHouseError(
+                "`queuewatch query` is read-only and ClickHouse refused a statement that writes "
+                "or changes settings; the schema changes only through `queuewatch migrate`",
+                exc.code,
+                exc.name,
+                retryable=False,
+            ) from exc
+        raise
+    return bytes(body)

@@ -1,0 +1,226 @@
+"""Runs sinks as a process: `queuewatch sink raw|windows|all`.
+
+Against a server each sink may run as its own process, scaled on its own (same group, more
+members). On the embedded engine one process owns the folder: it takes the folder lock,
+applies the migrations, runs the sinks it was asked for in threads (each with its own
+consumer, group and ClickHouse client; calls on the engine are serialized by ENGINE_LOCK)
+and answers `queuewatch query` on ``QUEUEWATCH_QUERY_ADDRESS`` until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Literal
+
+from queuewatch.clickhouse import ownership
+from queuewatch.clickhouse.client import chdb_folder, connect, is_embedded, redact
+from queuewatch.clickhouse.migrations import migrate
+from queuewatch.clickhouse.query import readonly_client
+from queuewatch.clickhouse.query_server import QueryServer
+from queuewatch.settings import CommonSettings, SinkSettings
+from queuewatch.sinks import raw, windows
+from queuewatch.sinks.checkpoint import Backoff, BatchWriter, Checkpointer, Transform
+from queuewatch.sinks.exceptions import SinkError
+from queuewatch.sinks.source import KafkaSource
+from queuewatch.sinks.writer import ClickHouseWriter
+
+log = logging.getLogger(__name__)
+
+SinkKind = Literal["raw", "windows"]
+#: How often a running sink logs its counters (records, rows written, batches).
+STATS_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """What distinguishes one sink from the other: topic, group, table and transform."""
+
+    kind: SinkKind
+    topic: str
+    group: str
+    table: str
+    columns: tuple[str, ...]
+    transform: Transform
+
+
+def sink_spec(kind: SinkKind, common: CommonSettings) -> SinkSpec:
+    """The spec of the raw or the window sink under these settings."""
+    db = common.clickhouse_database
+    if kind == "raw":
+        return SinkSpec(
+            "raw",
+            common.reports_topic,
+            common.raw_sink_group,
+            f"{db}.{raw.TABLE}",
+            raw.COLUMNS,
+            raw.ReportTransform(),
+        )
+    transform = windows.WindowTransform()
+    return SinkSpec(
+        "windows",
+        common.windows_topic,
+        common.window_sink_group,
+        f"{db}.{windows.TABLE}",
+        transform.columns,
+        transform,
+    )
+
+
+def build_checkpointer(
+    spec: SinkSpec,
+    common: CommonSettings,
+    settings: SinkSettings,
+    writer: BatchWriter,
+) -> Checkpointer:
+    """A Checkpointer reading the spec's topic in its own group and writing with ``writer``."""
+    holder: list[Checkpointer] = []
+    source = KafkaSource(
+        common.kafka_bootstrap,
+        spec.topic,
+        spec.group,
+        on_revoke=lambda: holder[0].revoke() if holder else None,
+        client_id=f"queuewatch-{spec.kind}-sink",
+    )
+    checkpointer = Checkpointer(
+        name=f"{spec.kind}-sink",
+        source=source,
+        writer=writer,
+        transform=spec.transform,
+        table=spec.table,
+        batch_rows=settings.sink_batch_rows,
+        batch_seconds=settings.sink_batch_seconds,
+        backoff=Backoff(settings.sink_retry_initial_s, settings.sink_retry_max_s),
+    )
+    holder.append(checkpointer)
+    return checkpointer
+
+
+WriterFactory = Callable[[Any, SinkSpec], BatchWriter]
+
+
+def default_writer(client: Any, spec: SinkSpec) -> BatchWriter:
+    """The real writer: one insert per batch into the spec's table."""
+    return ClickHouseWriter(client, spec.table, spec.columns)
+
+
+def run_sinks(
+    kinds: Sequence[SinkKind],
+    common: CommonSettings | None = None,
+    settings: SinkSettings | None = None,
+    stop: threading.Event | None = None,
+    writer_factory: WriterFactory = default_writer,
+) -> None:
+    """Run the given sinks until ``stop`` (or SIGTERM/SIGINT); raise SinkError on failure."""
+    common = common or CommonSettings()
+    settings = settings or SinkSettings()
+    stop = stop or threading.Event()
+    url = common.resolved_clickhouse_url
+    embedded = is_embedded(url)
+    lock = ownership.acquire(chdb_folder(url), common.query_address) if embedded else None
+    clients: list[Any] = []
+    server: QueryServer | None = None
+    threads: list[threading.Thread] = []
+    failures: list[BaseException] = []
+    try:
+        admin = connect(url)
+        clients.append(admin)
+        applied = migrate(admin, common.clickhouse_database)
+        log.info(
+            "ClickHouse %s, database %s: %d migrations applied now",
+            redact(url),
+            common.clickhouse_database,
+            len(applied),
+        )
+        checkpointers = []
+        for kind in kinds:
+            spec = sink_spec(kind, common)
+            client = connect(url)
+            clients.append(client)
+            checkpointers.append(
+                build_checkpointer(spec, common, settings, writer_factory(client, spec))
+            )
+        if embedded:
+            query_client = readonly_client(url, common.clickhouse_database)
+            clients.append(query_client)
+            server = QueryServer(common.query_address, query_client)
+            server.start()
+            log.info("answering `queuewatch query` on %s", common.query_address)
+        _install_signal_handlers(stop)
+        for cp in checkpointers:
+            thread = threading.Thread(
+                target=_run_one, args=(cp, stop, failures), name=cp.name, daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+        _report_until_stopped(checkpointers, stop)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        if server is not None:
+            server.stop()
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # closing is best effort at shutdown
+                log.debug("closing a ClickHouse client failed", exc_info=True)
+        if lock is not None:
+            lock.release()
+    if failures:
+        raise SinkError(str(failures[0])) from failures[0]
+
+
+def _run_one(cp: Checkpointer, stop: threading.Event, failures: list[BaseException]) -> None:
+    try:
+        cp.run(stop)
+    except BaseException as exc:  # a sink thread must never die silently
+        log.error("%s stopped: %s", cp.name, exc)
+        failures.append(exc)
+        stop.set()
+    else:
+        s = cp.stats
+        log.info(
+            "%s stopped cleanly: %d records, %d rows written in %d batches, %d passed over",
+            cp.name,
+            s.records,
+            s.rows_written,
+            s.batches,
+            s.skipped,
+        )
+
+
+def _report_until_stopped(checkpointers: Sequence[Checkpointer], stop: threading.Event) -> None:
+    last = {cp.name: 0 for cp in checkpointers}
+    started = time.monotonic()
+    while not stop.wait(STATS_INTERVAL_S):
+        elapsed = time.monotonic() - started
+        for cp in checkpointers:
+            s = cp.stats
+            if s.rows_written != last[cp.name]:
+                log.info(
+                    "%s: %d rows written in %d batches (%d passed over) after %.0f s",
+                    cp.name,
+                    s.rows_written,
+                    s.batches,
+                    s.skipped,
+                    elapsed,
+                )
+                last[cp.name] = s.rows_written
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: writing the last batches and stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,49 @@
+"""The window sink: ``crossing-windows`` -> ``crossing_windows``, one row per version.
+
+The aggregator writes these records, so a record that does not decode is a bug upstream:
+it is logged as an error and passed over rather than stopping the projection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from queuewatch.contract.codec import DecodeError, decode
+from queuewatch.contract.schemas import CROSSING_WINDOW, SchemaVersion, default_registry
+from queuewatch.sinks.source import Message
+
+log = logging.getLogger(__name__)
+
+TABLE = "crossing_windows"
+
+
+def window_columns(schema: SchemaVersion | None = None) -> tuple[str, ...]:
+    """The table's columns: the fields of crossing_window.avsc, in order."""
+    schema = schema or default_registry().latest(CROSSING_WINDOW)
+    return tuple(str(f["name"]) for f in schema.raw["fields"])
+
+
+class WindowTransform:
+    """Kafka record -> crossing_windows row (the Avro record's values in field order)."""
+
+    def __init__(self, reader: SchemaVersion | None = None) -> None:
+        self.reader = reader or default_registry().latest(CROSSING_WINDOW)
+        self.columns = window_columns(self.reader)
+
+    def __call__(self, message: Message) -> list[Any] | None:
+        """The row, or None for a record that does not decode."""
+        if message.value is None:
+            return None
+        try:
+            record = decode(message.value, self.reader)
+        except DecodeError as exc:
+            log.error(
+                "crossing-windows record %s[%d]@%d does not decode (%s); passed over",
+                message.topic,
+                message.partition,
+                message.offset,
+                exc,
+            )
+            return None
+        return [record[name] for name in self.columns]
