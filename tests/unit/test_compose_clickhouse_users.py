@@ -1,0 +1,168 @@
+"""The ClickHouse server users (infra/clickhouse-server/users.d) grant what they should.
+
+The file is parsed and its grants read back: the writer may insert and read the queuewatch
+database and nothing else, the reader may only read it under a read-only profile, the migrator
+owns that one database, and `default` answers on loopback only. Each grant is also parsed by
+the ClickHouse engine shipped here (chdb), so a misspelt privilege fails now rather than at the
+server's start.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from xml.etree import ElementTree
+
+import pytest
+
+from queuewatch.resources import REPO_ROOT
+from queuewatch.settings import CommonSettings
+
+SERVER_DIR = REPO_ROOT / "infra" / "clickhouse-server"
+USERS_XML = SERVER_DIR / "users.d" / "queuewatch.xml"
+CONFIG_XML = SERVER_DIR / "config.d" / "queuewatch.xml"
+DATABASE = CommonSettings().clickhouse_database
+
+_GRANT_RE = re.compile(r"^GRANT\s+(?P<privileges>.+?)\s+ON\s+(?P<target>\S+)$", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def root() -> ElementTree.Element:
+    """The parsed users file (a syntax error fails here)."""
+    return ElementTree.parse(USERS_XML).getroot()
+
+
+def _user(root: ElementTree.Element, name: str) -> ElementTree.Element:
+    user = root.find(f"users/{name}")
+    assert user is not None, f"user {name} is not defined"
+    return user
+
+
+def _grants(user: ElementTree.Element) -> list[tuple[set[str], str]]:
+    """(privileges, target) of each <grants><query> of a user."""
+    out = []
+    for query in user.findall("grants/query"):
+        match = _GRANT_RE.match((query.text or "").strip())
+        assert match is not None, f"not a plain GRANT: {query.text!r}"
+        privileges = {p.strip().upper() for p in match["privileges"].split(",")}
+        out.append((privileges, match["target"]))
+    return out
+
+
+def _profile_settings(root: ElementTree.Element, user: ElementTree.Element) -> dict[str, str]:
+    name = user.findtext("profile")
+    profile = root.find(f"profiles/{name}")
+    assert profile is not None, f"profile {name} is not defined in the file"
+    return {child.tag: (child.text or "").strip() for child in profile if len(child) == 0}
+
+
+def test_the_users_are_migrator_writer_reader_and_a_restricted_default(
+    root: ElementTree.Element,
+) -> None:
+    users = root.find("users")
+    assert users is not None
+    assert {user.tag for user in users} == {"default", "migrator", "writer", "reader"}
+
+
+def test_the_writer_may_insert_and_select_on_the_queuewatch_database_only(
+    root: ElementTree.Element,
+) -> None:
+    assert _grants(_user(root, "writer")) == [({"INSERT", "SELECT"}, f"{DATABASE}.*")]
+
+
+def test_the_reader_may_only_select_from_the_queuewatch_database(
+    root: ElementTree.Element,
+) -> None:
+    assert _grants(_user(root, "reader")) == [({"SELECT"}, f"{DATABASE}.*")]
+
+
+def test_the_reader_profile_is_read_only_even_for_settings_it_may_change(
+    root: ElementTree.Element,
+) -> None:
+    settings = _profile_settings(root, _user(root, "reader"))
+    # readonly=1 or 2 both forbid writes and DDL; 2 still lets drivers send settings.
+    assert settings.get("readonly") in {"1", "2"}
+    assert settings.get("allow_ddl") == "0"
+
+
+def test_the_reader_cannot_lift_its_resource_limits(root: ElementTree.Element) -> None:
+    profile = root.find(f"profiles/{_user(root, 'reader').findtext('profile')}")
+    assert profile is not None
+    for setting in ("max_execution_time", "max_memory_usage"):
+        assert profile.findtext(setting), f"reader has no {setting}"
+        ceiling = profile.findtext(f"constraints/{setting}/max")
+        assert ceiling is not None, f"reader may raise {setting} at will"
+        assert int(profile.findtext(setting) or 0) <= int(ceiling)
+
+
+def test_the_migrator_owns_the_queuewatch_database_and_nothing_beyond(
+    root: ElementTree.Element,
+) -> None:
+    grants = _grants(_user(root, "migrator"))
+    assert grants == [({"ALL"}, f"{DATABASE}.*")]
+
+
+def test_no_user_can_manage_access_or_reach_other_databases(root: ElementTree.Element) -> None:
+    for name in ("migrator", "writer", "reader"):
+        user = _user(root, name)
+        assert user.findtext("access_management", "0") == "0"
+        for _, target in _grants(user):
+            assert target == f"{DATABASE}.*", f"{name} is granted {target}"
+
+
+def test_the_default_user_answers_on_loopback_only(root: ElementTree.Element) -> None:
+    networks = _user(root, "default").find("networks")
+    assert networks is not None
+    # replace, not merge: the stock users.xml opens default to ::/0.
+    assert networks.get("replace") == "replace"
+    addresses = {child.text for child in networks}
+    assert addresses == {"::1", "127.0.0.1"}
+
+
+@pytest.mark.parametrize("name", ["migrator", "writer", "reader"])
+def test_a_password_comes_from_the_environment_never_from_the_file(
+    root: ElementTree.Element, name: str
+) -> None:
+    user = _user(root, name)
+    password = user.find("password")
+    assert password is not None and password.get("from_env"), f"{name} has no password source"
+    assert not (password.text or "").strip(), f"{name}'s password is written in the file"
+    for other in ("password_sha256_hex", "password_double_sha1_hex", "no_password"):
+        assert user.find(other) is None, f"{name} has <{other}> in the file"
+
+
+def test_the_server_config_is_well_formed_and_allows_backups_to_the_backup_volume() -> None:
+    config = ElementTree.parse(CONFIG_XML).getroot()
+    assert config.findtext("backups/allowed_disk") == "backups"
+    assert config.findtext("storage_configuration/disks/backups/path") == "/backups/"
+
+
+def test_the_grants_parse_in_the_clickhouse_engine_shipped_here(
+    root: ElementTree.Element,
+) -> None:
+    # XML grants name no grantee; the engine's parser wants one, so each is tried "TO <user>".
+    queries = [
+        f"{(query.text or '').strip()} TO {user.tag}"
+        for user in root.findall("users/*")
+        for query in user.findall("grants/query")
+    ]
+    assert queries
+    # In a child process: chdb keeps one engine per process, and other tests own theirs.
+    script = (
+        "import json, sys, chdb\n"
+        "for q in json.loads(sys.argv[1]):\n"
+        '    quoted = q.replace("\'", "\\\\\'")\n'
+        "    out = chdb.query(f\"SELECT formatQuery('{quoted}')\", 'TSVRaw')\n"
+        "    print(str(out).strip())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(queries)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == queries
