@@ -45,10 +45,11 @@ bench-smoke: install broker
 	$(BIN)/pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks.run --smoke
 
-compose-up:
-	docker compose -f infra/docker-compose.yml --env-file .env up -d
+compose-up: ## Build the image and start the docker compose deployment (needs .env)
+	@test -f .env || { echo "no .env: cp .env.example .env, then set the passwords in it"; exit 1; }
+	docker compose -f infra/docker-compose.yml --env-file .env up -d --build
 
-compose-down:
+compose-down: ## Stop the docker compose deployment (the volumes, i.e. the data, are kept)
 	docker compose -f infra/docker-compose.yml --env-file .env down
 
 clean: ## Remove local state (the broker's log, the embedded ClickHouse) and build output
