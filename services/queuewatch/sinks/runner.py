@@ -120,6 +120,9 @@ def run_sinks(
     common = common or CommonSettings()
     settings = settings or SinkSettings()
     stop = stop or threading.Event()
+    if common.log_level.upper() != "DEBUG":
+        # kafka-python logs every connection at INFO; our own lines are what an operator needs.
+        logging.getLogger("kafka").setLevel(logging.WARNING)
     url = common.resolved_clickhouse_url
     embedded = is_embedded(url)
     lock = ownership.acquire(chdb_folder(url), common.query_address) if embedded else None
