@@ -9,6 +9,7 @@ server's start.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import subprocess
@@ -66,10 +67,25 @@ def test_the_users_are_migrator_writer_reader_and_a_restricted_default(
     assert {user.tag for user in users} == {"default", "migrator", "writer", "reader"}
 
 
-def test_the_writer_may_insert_and_select_on_the_queuewatch_database_only(
+def test_the_writer_may_insert_and_select_on_the_queuewatch_database(
     root: ElementTree.Element,
 ) -> None:
-    assert _grants(_user(root, "writer")) == [({"INSERT", "SELECT"}, f"{DATABASE}.*")]
+    grants = _grants(_user(root, "writer"))
+    assert grants[0] == ({"INSERT", "SELECT"}, f"{DATABASE}.*")
+    # Beyond that, only the two CREATE ... IF NOT EXISTS a sink's start-up migrate() runs once
+    # the `migrate` service has applied everything: nothing that drops, alters or empties.
+    assert grants[1:] == [
+        ({"CREATE DATABASE"}, f"{DATABASE}.*"),
+        ({"CREATE TABLE"}, f"{DATABASE}.schema_migrations"),
+    ]
+
+
+def test_the_writers_create_grants_cover_exactly_what_migrate_creates_first() -> None:
+    from queuewatch.clickhouse import migrations
+
+    source = inspect.getsource(migrations.migrate)
+    assert "CREATE DATABASE IF NOT EXISTS" in source
+    assert re.search(r"CREATE TABLE IF NOT EXISTS `\{database\}`\.schema_migrations", source)
 
 
 def test_the_reader_may_only_select_from_the_queuewatch_database(
@@ -103,7 +119,7 @@ def test_no_user_can_manage_access_or_reach_other_databases(root: ElementTree.El
         user = _user(root, name)
         assert user.findtext("access_management", "0") == "0"
         for _, target in _grants(user):
-            assert target == f"{DATABASE}.*", f"{name} is granted {target}"
+            assert target.split(".")[0] == DATABASE, f"{name} is granted {target}"
 
 
 def test_the_default_user_answers_on_loopback_only(root: ElementTree.Element) -> None:
@@ -133,23 +149,31 @@ def test_the_server_config_is_well_formed_and_allows_backups_to_the_backup_volum
     assert config.findtext("storage_configuration/disks/backups/path") == "/backups/"
 
 
-def test_the_grants_parse_in_the_clickhouse_engine_shipped_here(
-    root: ElementTree.Element,
-) -> None:
+#: The levels a privilege may have for a grant on ``db.*`` and on ``db.table``.
+_DATABASE_LEVELS = {"DATABASE", "TABLE", "VIEW", "DICTIONARY", "COLUMN"}
+_TABLE_LEVELS = {"TABLE", "VIEW", "DICTIONARY", "COLUMN"}
+
+
+@pytest.fixture(scope="module")
+def engine_check(root: ElementTree.Element) -> dict[str, object]:
+    """Each grant formatted by the ClickHouse engine shipped here, and its privilege levels."""
     # XML grants name no grantee; the engine's parser wants one, so each is tried "TO <user>".
     queries = [
         f"{(query.text or '').strip()} TO {user.tag}"
         for user in root.findall("users/*")
         for query in user.findall("grants/query")
     ]
-    assert queries
     # In a child process: chdb keeps one engine per process, and other tests own theirs.
     script = (
         "import json, sys, chdb\n"
+        "formatted = []\n"
         "for q in json.loads(sys.argv[1]):\n"
         '    quoted = q.replace("\'", "\\\\\'")\n'
         "    out = chdb.query(f\"SELECT formatQuery('{quoted}')\", 'TSVRaw')\n"
-        "    print(str(out).strip())\n"
+        "    formatted.append(str(out).strip())\n"
+        "rows = chdb.query('SELECT privilege, level FROM system.privileges', 'JSONCompact')\n"
+        "levels = {p: lv for p, lv in json.loads(str(rows))['data']}\n"
+        "print(json.dumps({'formatted': formatted, 'levels': levels}))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", script, json.dumps(queries)],
@@ -159,4 +183,29 @@ def test_the_grants_parse_in_the_clickhouse_engine_shipped_here(
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines() == queries
+    result: dict[str, object] = json.loads(proc.stdout)
+    result["queries"] = queries
+    return result
+
+
+def test_the_grants_parse_in_the_clickhouse_engine_shipped_here(
+    engine_check: dict[str, object],
+) -> None:
+    assert engine_check["queries"]
+    assert engine_check["formatted"] == engine_check["queries"]
+
+
+def test_every_granted_privilege_exists_at_the_level_it_is_granted_on(
+    root: ElementTree.Element, engine_check: dict[str, object]
+) -> None:
+    levels = engine_check["levels"]
+    assert isinstance(levels, dict) and "INSERT" in levels
+    for user in root.findall("users/*"):
+        for privileges, target in _grants(user):
+            allowed = _DATABASE_LEVELS if target.endswith(".*") else _TABLE_LEVELS
+            for privilege in privileges - {"ALL"}:
+                assert privilege in levels, f"{user.tag}: unknown privilege {privilege}"
+                assert levels[privilege] in allowed, (
+                    f"{user.tag}: {privilege} is a {levels[privilege]} privilege, "
+                    f"it cannot be granted ON {target}"
+                )
