@@ -17,11 +17,13 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
 from queuewatch.errors import ConfigurationError, QueuewatchError
+from queuewatch.platform.processes import cmdline, die_with_parent_hook, pid_alive, wait_gone
 from queuewatch.resources import kafka_infra_dir
 
 log = logging.getLogger(__name__)
@@ -33,12 +35,25 @@ class BrokerError(QueuewatchError):
     """The local broker could not be fetched, started or reached."""
 
 
+class PortTakenError(BrokerError):
+    """A port the broker needs is held by another program (one that is not Kafka)."""
+
+
+class StartCancelled(BrokerError):
+    """The broker's start was abandoned because a stop was requested meanwhile."""
+
+
 def split_host_port(address: str, default_port: int = 9092) -> tuple[str, int]:
     """``host:port`` of the first bootstrap server."""
     first = address.split(",")[0].strip()
     host, _, port = first.rpartition(":")
     if not host:
         return first, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(
+            f"cannot read a port in the Kafka bootstrap address {address!r}; "
+            "set QUEUEWATCH_KAFKA_BOOTSTRAP to host:port, e.g. 127.0.0.1:9092"
+        )
     return host.strip("[]"), int(port)
 
 
@@ -70,6 +85,8 @@ def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap,
             request_timeout_ms=int(timeout_s * 1000),
+            # Without it a silent port holds the probe for the client's 30 s default.
+            bootstrap_timeout_ms=int(timeout_s * 1000),
             client_id="queuewatch-probe",
         )
     except (KafkaError, OSError):
@@ -162,7 +179,7 @@ class LocalBroker:
 
     def _config(self) -> Path:
         """Write server.properties from the template for this broker's ports and folder."""
-        controller_port = self.controller_port or self.port + 1
+        controller_port = self.effective_controller_port
         template = Template((kafka_infra_dir() / "server.properties.template").read_text())
         text = template.substitute(
             host=self.host,
@@ -216,39 +233,113 @@ class LocalBroker:
         cmd = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise BrokerError(f"formatting the broker storage failed: {result.stdout}{result.stderr}")
+            raise BrokerError(
+                f"formatting the broker storage failed: {result.stdout}{result.stderr}"
+            )
         return config
 
-    def start(self, timeout_s: float = 60.0) -> None:
-        """Start the broker and wait until it answers metadata requests."""
+    @property
+    def effective_controller_port(self) -> int:
+        """The KRaft controller port: the configured one, else the Kafka port + 1."""
+        return self.controller_port or self.port + 1
+
+    def check_ports(self, kafka_checked: bool = False) -> None:
+        """Fail with a clear message when the Kafka or controller port is already taken.
+
+        ``kafka_checked`` skips the (slow) Kafka probe when the caller already knows that
+        whatever listens there is not Kafka.
+        """
         if port_open(self.host, self.port):
-            raise BrokerError(
-                f"port {self.port} on {self.host} is taken by another program; stop it or set "
-                "QUEUEWATCH_KAFKA_BOOTSTRAP to another port"
+            if not kafka_checked and kafka_answers(self.bootstrap, 3.0):
+                raise PortTakenError(
+                    f"a Kafka broker already answers at {self.bootstrap}; use it (queuewatch up "
+                    "does so by itself) or set QUEUEWATCH_KAFKA_BOOTSTRAP to another port"
+                )
+            raise PortTakenError(
+                f"port {self.port} on {self.host} is taken by a program that is not Kafka; "
+                "stop it or set QUEUEWATCH_KAFKA_BOOTSTRAP to a free port "
+                f"(e.g. {self.host}:{free_port(self.host)})"
             )
+        controller = self.effective_controller_port
+        if port_open(self.host, controller):
+            raise PortTakenError(
+                f"the broker's controller port {controller} on {self.host} is taken by another "
+                "program; stop it or set QUEUEWATCH_KAFKA_CONTROLLER_PORT to a free port"
+            )
+
+    def stop_stale(self, timeout_s: float = 30.0) -> int | None:
+        """Stop a broker that an earlier, killed run left behind on this data folder.
+
+        Only a process whose command line names this folder's config is touched, so a pid
+        recycled by an unrelated program is never signalled. Returns the stopped pid.
+        """
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        config = str(self.data_root / "server.properties")
+        args = cmdline(pid)
+        if not pid_alive(pid) or "kafka.Kafka" not in args or config not in args:
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        log.warning("stopping the broker (pid %d) that an earlier run left running", pid)
+        os.kill(pid, signal.SIGTERM)
+        if not wait_gone(pid, timeout_s):
+            os.kill(pid, signal.SIGKILL)
+            wait_gone(pid, 10.0)
+        self.pid_file.unlink(missing_ok=True)
+        return pid
+
+    def start(
+        self,
+        timeout_s: float = 60.0,
+        cancelled: Callable[[], bool] | None = None,
+        die_with_parent: bool = True,
+    ) -> None:
+        """Start the broker and wait until it answers metadata requests.
+
+        ``cancelled`` is polled while waiting, so a Ctrl-C during a slow start stops the
+        half-started broker instead of leaving it behind. With ``die_with_parent`` the
+        kernel stops the broker should this process be killed outright.
+        """
+        self.stop_stale()
+        self.check_ports()
         config = self.prepare()
         cmd = self._java("kafka.Kafka", str(config), heap=self.heap)
         out = open(self.data_root / "broker.stdout", "ab")  # noqa: SIM115 - owned by the child
         # A session of its own: Ctrl-C in the terminal reaches the supervisor, which then
         # stops the broker last, after the processors that still need it.
         self.process = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent_hook() if die_with_parent else None,
         )
         out.close()
         self.pid_file.write_text(str(self.process.pid))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                status = self.process.returncode
+                self.process = None
+                self.pid_file.unlink(missing_ok=True)
                 raise BrokerError(
-                    f"the broker exited with status {self.process.returncode}; "
+                    f"the broker exited with status {status} while starting; "
                     f"read {self.log_file} and {self.data_root / 'broker.stdout'}"
                 )
+            if cancelled is not None and cancelled():
+                self.stop()
+                raise StartCancelled("stop requested while the broker was starting")
             if port_open(self.host, self.port) and kafka_answers(self.bootstrap, 2.0):
                 log.info("Kafka broker answers at %s (pid %d)", self.bootstrap, self.process.pid)
                 return
             time.sleep(0.3)
         self.stop()
-        raise BrokerError(f"the broker did not answer within {timeout_s:.0f} s; read {self.log_file}")
+        raise BrokerError(
+            f"the broker did not answer within {timeout_s:.0f} s; read {self.log_file} "
+            "(a slow machine may need QUEUEWATCH_BROKER_START_TIMEOUT_S raised)"
+        )
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop the broker cleanly (SIGTERM, then SIGKILL after ``timeout_s``)."""

@@ -1,0 +1,1 @@
+"""The local platform: the Kafka broker, the `queuewatch up` supervisor and `status`."""

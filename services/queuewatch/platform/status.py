@@ -1,0 +1,281 @@
+"""``queuewatch status``: is the pipeline healthy, and how far behind is each processor?
+
+Healthy means: the broker answers, every topic exists, ClickHouse answers and its main
+tables can be counted, and, when a ``queuewatch up`` runs on this home, each of its
+children is running (or finished on purpose). Lag is reported, never judged: a processor
+catching up after a restart is behind, not broken.
+
+ClickHouse is reached through ``queuewatch query``, never directly: on the embedded layout
+the folder belongs to the ``sink all`` process, and ``query`` knows how to reach it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from queuewatch.platform.home import lock_holder
+from queuewatch.platform.processes import pid_alive
+from queuewatch.settings import CommonSettings
+
+#: The tables whose row counts status shows (read with FINAL: one row per key).
+MAIN_TABLES = ("queue_reports", "crossing_windows")
+STATE_NAME = "up.json"
+
+
+@dataclass
+class GroupLag:
+    """How far one processor's consumer group is behind the end of its input topic."""
+
+    group: str
+    topic: str
+    state: str
+    members: int
+    lag: int | None
+    committed_partitions: int
+
+
+@dataclass
+class StatusReport:
+    """Everything ``queuewatch status`` shows; ``healthy`` decides its exit status."""
+
+    kafka_bootstrap: str
+    broker_reachable: bool = False
+    broker_error: str | None = None
+    topics: dict[str, int | None] = field(default_factory=dict)
+    groups: list[GroupLag] = field(default_factory=list)
+    clickhouse_url: str = ""
+    clickhouse_reachable: bool = False
+    clickhouse_error: str | None = None
+    row_counts: dict[str, int] = field(default_factory=dict)
+    supervisor: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        """True when nothing in :attr:`problems`."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as plain JSON data (``status --json``)."""
+        data = asdict(self)
+        data["healthy"] = self.healthy
+        return data
+
+
+def consumer_groups(settings: CommonSettings) -> list[tuple[str, str]]:
+    """(group, input topic) of every processor."""
+    return [
+        (settings.aggregator_group, settings.reports_topic),
+        (settings.raw_sink_group, settings.reports_topic),
+        (settings.window_sink_group, settings.windows_topic),
+    ]
+
+
+def compute_lag(
+    end_offsets: dict[int, int], committed: dict[int, int], start: dict[int, int]
+) -> int:
+    """Messages not yet committed by a group, summed over a topic's partitions.
+
+    A partition the group never committed counts from its first offset (where a new group
+    starts reading), so a processor that never ran shows the whole topic as lag.
+    """
+    total = 0
+    for partition, end in end_offsets.items():
+        position = committed.get(partition)
+        if position is None or position < 0:
+            position = start.get(partition, 0)
+        total += max(0, end - position)
+    return total
+
+
+def collect(settings: CommonSettings, query_timeout_s: float = 60.0) -> StatusReport:
+    """Look at Kafka, the processors' groups, ClickHouse and the supervisor; judge health."""
+    report = StatusReport(
+        kafka_bootstrap=settings.kafka_bootstrap,
+        clickhouse_url=_redact(settings.resolved_clickhouse_url),
+    )
+    _kafka_status(settings, report)
+    _clickhouse_status(settings, report, query_timeout_s)
+    _supervisor_status(settings.home, report)
+    return report
+
+
+def _kafka_status(settings: CommonSettings, report: StatusReport) -> None:
+    from kafka import KafkaAdminClient, TopicPartition
+    from kafka.admin import OffsetSpec
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id="queuewatch-status",
+            request_timeout_ms=5000,
+            bootstrap_timeout_ms=5000,
+        )
+    except (KafkaError, OSError) as exc:
+        report.broker_error = f"{type(exc).__name__}: {exc}"
+        report.problems.append(
+            f"no Kafka broker answers at {settings.kafka_bootstrap} (start it with "
+            "`queuewatch up`, or set QUEUEWATCH_KAFKA_BOOTSTRAP)"
+        )
+        return
+    try:
+        admin.describe_cluster()
+        report.broker_reachable = True
+        names = [settings.reports_topic, settings.dlq_topic, settings.windows_topic]
+        existing = set(admin.list_topics())
+        partitions: dict[str, list[int]] = {}
+        present = [n for n in names if n in existing]
+        for desc in admin.describe_topics(present) if present else []:
+            partitions[desc["name"]] = sorted(p["partition_index"] for p in desc["partitions"])
+        for name in names:
+            report.topics[name] = len(partitions[name]) if name in partitions else None
+            if name not in partitions:
+                report.problems.append(f"topic {name} is missing (`queuewatch topics` creates it)")
+
+        wanted = [(g, t) for g, t in consumer_groups(settings) if t in partitions]
+        tps = [TopicPartition(t, p) for t in {t for _, t in wanted} for p in partitions[t]]
+        ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps}) if tps else {}
+        starts = (
+            admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps}) if tps else {}
+        )
+        groups = [g for g, _ in wanted]
+        described = admin.describe_groups(groups) if groups else {}
+        offsets = admin.list_group_offsets(groups) if groups else {}
+        for group, topic in wanted:
+            info = described.get(group, {})
+            committed = {
+                tp.partition: meta.offset
+                for tp, meta in (offsets.get(group) or {}).items()
+                if tp.topic == topic
+            }
+            end = {tp.partition: o.offset for tp, o in ends.items() if tp.topic == topic}
+            start = {tp.partition: o.offset for tp, o in starts.items() if tp.topic == topic}
+            report.groups.append(
+                GroupLag(
+                    group=group,
+                    topic=topic,
+                    state=str(info.get("group_state") or "Unknown"),
+                    members=len(info.get("members") or []),
+                    lag=compute_lag(end, committed, start),
+                    committed_partitions=sum(1 for o in committed.values() if o >= 0),
+                )
+            )
+    except (KafkaError, OSError) as exc:
+        if not report.broker_reachable:
+            report.broker_error = f"{type(exc).__name__}: {exc}"
+            report.problems.append(
+                f"the Kafka broker at {settings.kafka_bootstrap} does not answer"
+            )
+        else:
+            report.problems.append(f"reading topics and consumer groups failed: {exc}")
+    finally:
+        admin.close()
+
+
+def _clickhouse_status(settings: CommonSettings, report: StatusReport, timeout_s: float) -> None:
+    db = settings.clickhouse_database
+    columns = ", ".join(
+        f"(SELECT count() FROM {db}.{table} FINAL) AS {table}" for table in MAIN_TABLES
+    )
+    env = dict(os.environ)
+    env["QUEUEWATCH_HOME"] = str(settings.home)
+    env["QUEUEWATCH_CLICKHOUSE_URL"] = settings.resolved_clickhouse_url
+    cmd = [sys.executable, "-m", "queuewatch", "query", f"SELECT {columns}", "--format", "jsonl"]
+    try:
+        result = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        report.clickhouse_error = f"`queuewatch query` did not answer within {timeout_s:.0f} s"
+        report.problems.append(f"ClickHouse does not answer: {report.clickhouse_error}")
+        return
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        report.clickhouse_error = lines[-1] if lines else f"exit status {result.returncode}"
+        report.problems.append(f"ClickHouse: {report.clickhouse_error}")
+        return
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    if not rows:
+        report.clickhouse_error = "the count query returned no row"
+        report.problems.append(f"ClickHouse: {report.clickhouse_error}")
+        return
+    report.clickhouse_reachable = True
+    report.row_counts = {table: int(rows[0][table]) for table in MAIN_TABLES}
+
+
+def _supervisor_status(home: Path, report: StatusReport) -> None:
+    """What ``queuewatch up`` on this home runs, if one runs (read from its state file)."""
+    home = home.expanduser().resolve()
+    holder = lock_holder(home)
+    state_file = home / STATE_NAME
+    if holder is None or not state_file.exists():
+        return
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return
+    for child in state.get("children", []):
+        pid = child.get("pid")
+        child["running"] = bool(pid) and pid_alive(int(pid))
+        if not child["running"] and not child.get("finished"):
+            report.problems.append(
+                f"{child['name']} is not running ({child.get('last_exit') or 'starting'}, "
+                f"{child.get('restarts', 0)} restarts); read {child.get('log')}"
+            )
+    report.supervisor = state
+
+
+def render_text(report: StatusReport) -> str:
+    """The report for a person: one line per thing checked."""
+
+    def mark(ok: bool) -> str:
+        return "ok  " if ok else "FAIL"
+
+    out = [
+        f"{mark(report.broker_reachable)} Kafka broker {report.kafka_bootstrap}"
+        + (f" ({report.broker_error})" if report.broker_error else "")
+    ]
+    for name, parts in report.topics.items():
+        out.append(
+            f"{mark(parts is not None)} topic {name}"
+            + (f" ({parts} partitions)" if parts is not None else " missing")
+        )
+    for g in report.groups:
+        never = " (no offsets committed yet)" if g.committed_partitions == 0 else ""
+        out.append(
+            f"     group {g.group} on {g.topic}: lag {g.lag}{never}, "
+            f"{g.members} members ({g.state})"
+        )
+    out.append(
+        f"{mark(report.clickhouse_reachable)} ClickHouse {report.clickhouse_url}"
+        + (f" ({report.clickhouse_error})" if report.clickhouse_error else "")
+    )
+    for table, count in report.row_counts.items():
+        out.append(f"     {table}: {count} rows")
+    if report.supervisor is not None:
+        out.append(f"     queuewatch up runs (pid {report.supervisor.get('supervisor_pid')})")
+        for child in report.supervisor.get("children", []):
+            ok = child["running"] or child.get("finished", False)
+            out.append(
+                f"{mark(ok)} {child['name']} pid {child.get('pid')}, "
+                f"{child.get('restarts', 0)} restarts"
+            )
+    out.append("healthy" if report.healthy else "UNHEALTHY: " + "; ".join(report.problems))
+    return "\n".join(out)
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for printing."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
