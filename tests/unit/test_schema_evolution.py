@@ -9,6 +9,7 @@ themselves tested on pairs known to be compatible and incompatible, so the check
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,10 @@ def _kind(schema: Any) -> str:
 
 
 def incompatibilities(
-    reader: Any, writer: Any, path: str = "", rn: dict[str, Any] | None = None,
+    reader: Any,
+    writer: Any,
+    path: str = "",
+    rn: dict[str, Any] | None = None,
     wn: dict[str, Any] | None = None,
 ) -> list[str]:
     """Why data written with ``writer`` cannot be read with ``reader`` (empty: it can)."""
@@ -94,8 +98,9 @@ def incompatibilities(
                 if "default" not in field:
                     out.append(f"{path}/{field['name']}: new field without a default")
                 continue
-            out += incompatibilities(field["type"], match["type"], f"{path}/{field['name']}",
-                                     rn, wn)
+            out += incompatibilities(
+                field["type"], match["type"], f"{path}/{field['name']}", rn, wn
+            )
         return out
     if wk == "enum":
         missing = set(writer["symbols"]) - set(reader["symbols"])
@@ -237,9 +242,11 @@ def test_every_schema_is_compatible_with_its_predecessor() -> None:
     problems = []
     for name in registry.by_name:
         versions = registry.versions(name)
-        for old, new in zip(versions, versions[1:], strict=False):
-            problems += [f"{name} v{old.version}->v{new.version}: {p}"
-                         for p in mutual_incompatibilities(old, new)]
+        for old, new in itertools.pairwise(versions):
+            problems += [
+                f"{name} v{old.version}->v{new.version}: {p}"
+                for p in mutual_incompatibilities(old, new)
+            ]
     assert problems == []
 
 

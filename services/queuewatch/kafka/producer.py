@@ -82,6 +82,7 @@ class ReportProducer:
         client_id: str = "queuewatch-producer",
         schema: SchemaVersion | None = None,
         clock_ms: Callable[[], int] | None = None,
+        max_block_s: float = MAX_BLOCK_MS / 1000,
     ) -> None:
         self.topic = topic
         self.bootstrap = bootstrap
@@ -92,6 +93,7 @@ class ReportProducer:
         self._failed = 0
         self._reported = 0  # failures already raised to the caller
         self.published = 0
+        self._max_block_s = max_block_s
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap,
@@ -103,7 +105,7 @@ class ReportProducer:
                 linger_ms=linger_ms,
                 batch_size=batch_bytes,
                 delivery_timeout_ms=int(delivery_timeout_s * 1000),
-                max_block_ms=MAX_BLOCK_MS,
+                max_block_ms=int(max_block_s * 1000),
             )
         except KafkaError as exc:
             raise PublishError(
@@ -165,7 +167,7 @@ class ReportProducer:
         except KafkaTimeoutError as exc:
             raise PublishError(
                 f"Kafka at {self.bootstrap} did not give metadata or buffer space for topic "
-                f"{self.topic!r} within {MAX_BLOCK_MS // 1000} s ({exc}); check that the broker "
+                f"{self.topic!r} within {self._max_block_s:g} s ({exc}); check that the broker "
                 "runs and the topic exists (`queuewatch topics`)"
             ) from exc
         except KafkaError as exc:

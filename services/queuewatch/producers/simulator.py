@@ -210,8 +210,10 @@ class _Simulation:
             if source.kind == "satellite" and crisis < 0.3:
                 return  # nobody buys satellite images of an ordinary queue
         state = lane_state(lane, t_ms)
-        report, observed_ms, delay_ms = self._report(t_ms, stream, state)
-        arrival = observed_ms + delay_ms
+        report, delay_ms = self._report(t_ms, stream, state)
+        # From the moment of observation, not from the (rounded-down) time the report states:
+        # arrivals must never go back before what the stream has already yielded.
+        arrival = t_ms + delay_ms
         if rng.random() < self.config.invalid_share:
             defect = DEFECTS[rng.randrange(len(DEFECTS))]
             self._arrive(SimulatedReport(_break(report, defect, rng), arrival, True, defect))
@@ -227,10 +229,8 @@ class _Simulation:
             later = arrival + int(rng.uniform(5_000, 2 * _HOUR))
             self._arrive(SimulatedReport(resend, later, resent=True))
 
-    def _report(
-        self, t_ms: int, stream: _Stream, state: LaneState
-    ) -> tuple[dict[str, Any], int, int]:
-        """The JSON form of what this source says, when it says it happened, and its delay."""
+    def _report(self, t_ms: int, stream: _Stream, state: LaneState) -> tuple[dict[str, Any], int]:
+        """The JSON form of what this source says, and how long it takes to arrive."""
         rng = self.rng
         lane, source, crossing = stream.lane, stream.source, stream.crossing
         kind = source.kind
@@ -334,7 +334,7 @@ class _Simulation:
         }
         if "wait_minutes" not in body and "status" not in body and queue_field not in body:
             report["status"] = state.status  # every report says something
-        return report, observed, delay
+        return report, delay
 
     def _queue_end(self, crossing: CrossingSpec, length_km: float) -> dict[str, float]:
         """Where a person standing at the end of the queue is: up the road from the crossing."""
