@@ -19,7 +19,7 @@ class ClickHouseWriter:
         self.table = table
         self.columns = list(columns)
 
-    def write(self, rows: list[Sequence[Any]], dedup_token: str) -> None:
+    def write(self, rows: Sequence[Sequence[Any]], dedup_token: str) -> None:
         """One insert; ClickHouse drops a repeat of ``dedup_token`` within its window.
 
         The token needs ``non_replicated_deduplication_window`` on a plain MergeTree (set
