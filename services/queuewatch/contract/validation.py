@@ -174,13 +174,13 @@ def _validate(record: dict[str, Any], now_ms: int | None) -> list[Violation]:
 
     value = record.get("crossing_id")
     if type(value) is not str or CROSSING_ID_RE.fullmatch(value) is None:
+        what = "is required" if value is None else f"{_short(value)} is not a crossing slug"
         out.append(
             Violation(
                 "crossing_id",
                 value,
-                f"{_short(value)} is not a crossing slug: lower-case letters, digits and "
-                "hyphens, 1..64 characters, starting with a letter or digit "
-                "(e.g. ge-ru-verkhny-lars)",
+                f"{what}: lower-case letters, digits and hyphens, 1..64 characters, "
+                "starting with a letter or digit (e.g. ge-ru-verkhny-lars)",
             )
         )
 
@@ -219,9 +219,8 @@ def _validate(record: dict[str, Any], now_ms: int | None) -> list[Violation]:
     if type(source) is dict:
         _check_source(source, out)
     else:
-        out.append(
-            Violation("source", source, f"{_short(source)} is not an object {{type, name, url}}")
-        )
+        what = "is required:" if source is None else f"{_short(source)} is not"
+        out.append(Violation("source", source, f"{what} an object {{type, name, url}}"))
 
     measured = False
     for name, is_int, maximum, unit in MEASUREMENTS:
