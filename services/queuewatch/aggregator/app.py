@@ -1,0 +1,295 @@
+"""The aggregator process: a faust-streaming app around the pure window logic.
+
+Reads the reports topic as raw bytes (one agent, concurrency 1: faust issue 606), keeps one
+state record per crossing in a plain changelog-backed table (not faust's windowed tables:
+they expire by wall clock and ``.current()`` ignores event time, faust issues 118 and 428),
+writes dead letters, and emits changed windows at most once per flush interval. The order of
+writes and acknowledgements is :mod:`queuewatch.aggregator.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from queuewatch.aggregator import checkpoint
+from queuewatch.aggregator.intake import RawMessage, intake, reader_schema
+from queuewatch.aggregator.state import AggregationConfig, CrossingState, Outcome
+from queuewatch.aggregator.state_codec import decode_state, encode_state
+from queuewatch.contract.codec import encode
+from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
+from queuewatch.errors import ConfigurationError
+from queuewatch.settings import AggregatorSettings, CommonSettings
+
+log = logging.getLogger(__name__)
+
+TABLE_NAME = "crossing-state"
+#: Written first in every state record, so a restart finds states with unsent windows
+#: without parsing them all.
+_CHANGED_MARK = b'{"f":1,"chg":1,'
+
+
+def topic_partitions(bootstrap: str, topic: str) -> int:
+    """Partition count of ``topic``; the table's changelog must have the same."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="queuewatch-aggregator")
+    except (KafkaError, OSError) as exc:
+        raise ConfigurationError(
+            f"cannot reach Kafka at {bootstrap} ({exc}); start it with `queuewatch up` or set "
+            "QUEUEWATCH_KAFKA_BOOTSTRAP"
+        ) from exc
+    try:
+        described = admin.describe_topics([topic])
+    except KafkaError as exc:
+        raise ConfigurationError(
+            f"topic {topic} is not there ({exc}); create it with `queuewatch topics`"
+        ) from exc
+    finally:
+        admin.close()
+    partitions = described[0].get("partitions") or []
+    if described[0].get("error_code") or not partitions:
+        raise ConfigurationError(
+            f"topic {topic} is not there; create it with `queuewatch topics` (or `queuewatch up`)"
+        )
+    return len(partitions)
+
+
+class Aggregator:
+    """Wires the pure state to faust: the agent, the table, the emission timer."""
+
+    def __init__(
+        self, common: CommonSettings, settings: AggregatorSettings, partitions: int
+    ) -> None:
+        self.common = common
+        self.settings = settings
+        self.config = AggregationConfig.from_spec(
+            settings.aggregator_windows,
+            settings.aggregator_grace,
+            settings.aggregator_dedup_horizon,
+        )
+        self.reader = reader_schema()
+        self.window_schema = default_registry().latest(CROSSING_WINDOW)
+        self.states: dict[str, CrossingState] = {}
+        self.changed: set[str] = set()
+        self.totals = {"messages": 0, "dead": 0, **{o.value: 0 for o in Outcome}}
+        self._scan_needed = True
+        self.app = self._build_app(partitions)
+
+    # --- wiring -------------------------------------------------------------------------------
+
+    def _build_app(self, partitions: int) -> faust.App:
+        common, s = self.common, self.settings
+        datadir = Path(common.home).resolve() / "aggregator" / common.aggregator_group
+        datadir.mkdir(parents=True, exist_ok=True)
+        brokers = [f"kafka://{b.strip()}" for b in common.kafka_bootstrap.split(",") if b.strip()]
+        app = faust.App(
+            common.aggregator_group,
+            broker=brokers,
+            datadir=str(datadir),
+            store="memory://",  # the changelog is the durable copy; recovery replays it
+            processing_guarantee="at_least_once",
+            topic_allow_declare=True,  # the broker never auto-creates: faust creates its own
+            topic_disable_leader=True,
+            topic_partitions=partitions,
+            topic_replication_factor=1,
+            table_standby_replicas=0,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            broker_commit_interval=1.0,
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=1.0,
+            stream_buffer_maxsize=max(4 * s.aggregator_batch_size, 4096),
+            web_enabled=s.aggregator_web_port != 0,
+            web_port=s.aggregator_web_port or 6066,
+            web_bind="127.0.0.1",
+            web_host="127.0.0.1",
+        )
+        self.reports = app.topic(
+            common.reports_topic,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        self.table = app.Table(
+            TABLE_NAME,
+            default=None,
+            partitions=partitions,
+            key_type=bytes,
+            value_type=bytes,
+            help="One state record per crossing: panes, watermark, de-duplication, offsets.",
+        )
+        app.agent(self.reports, name="aggregate", concurrency=1)(self._agent)
+        app.timer(s.aggregator_flush_interval_s)(self._flush_windows)
+        app.timer(30.0)(self._log_totals)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_before_shutdown.connect(self._on_shutdown)
+        return app
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
+        """Forget cached states of partitions we no longer own (their new owner has them)."""
+        gone = {tp.partition for tp in revoked if tp.topic == self.common.reports_topic}
+        for cid in [c for c, st in self.states.items() if set(st.applied) & gone]:
+            del self.states[cid]
+            self.changed.discard(cid)
+
+    async def _on_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
+        self._scan_needed = True
+
+    async def _on_shutdown(self, sender: Any, **_: Any) -> None:
+        try:
+            await self._flush_windows()
+        except Exception:  # best effort: unsent windows stay marked in the changelog
+            log.exception("final window flush failed; the windows are re-emitted on restart")
+
+    # --- the agent ---------------------------------------------------------------------------
+
+    async def _agent(self, stream: Any) -> None:
+        s = self.settings
+        async for events in stream.take_events(s.aggregator_batch_size, s.aggregator_batch_timeout_s):
+            checkpoint.hold(events)
+            try:
+                writes = self._process(events)
+                await checkpoint.wait_durable(writes)
+            except asyncio.CancelledError:
+                raise  # stopping: the batch stays unacked and is replayed on restart
+            except BaseException as exc:
+                checkpoint.die_unsafe("processing a batch", exc)
+            await checkpoint.release(stream, events)
+
+    def _process(self, events: list[Any]) -> list[Any]:
+        """Steps 2 and 3 of the checkpoint protocol; returns the writes to wait for."""
+        raw = []
+        for event in events:
+            m = event.message
+            raw.append(
+                RawMessage(
+                    m.topic,
+                    m.partition,
+                    m.offset,
+                    round(m.timestamp * 1000),
+                    m.key,
+                    m.value,
+                    list(m.headers or ()),
+                )
+            )
+        accepted, dead = intake(raw, self.reader)
+        totals = self.totals
+        totals["messages"] += len(raw)
+        totals["dead"] += len(dead)
+        touched: dict[str, int] = {}
+        for item in accepted:
+            cid = item.record["crossing_id"]
+            state = self._state(cid)
+            outcome = state.apply(item.record, item.partition, item.offset)
+            totals[outcome.value] += 1
+            touched[cid] = item.partition
+        writes: list[Any] = []
+        producer = self.app.producer
+        for cid, partition in touched.items():
+            state = self.states[cid]
+            changed = state.has_changes()
+            if changed:
+                self.changed.add(cid)
+            key = cid.encode()
+            data = self._encode(state, changed)
+            self.table.data[key] = data
+            writes.append(self.table.send_changelog(partition, key, data, "raw", "raw"))
+        for letter in dead:
+            writes.append(
+                self._send(producer, self.common.dlq_topic, letter.key, letter.value, letter.headers)
+            )
+        return writes
+
+    @staticmethod
+    def _encode(state: CrossingState, changed: bool) -> bytes:
+        data = encode_state(state)
+        # Mark states holding unsent windows (see _CHANGED_MARK); '{"f":1,' is the prefix.
+        return _CHANGED_MARK + data[7:] if changed else data
+
+    @staticmethod
+    async def _send(
+        producer: Any, topic: str, key: bytes | None, value: bytes | None, headers: Any
+    ) -> Any:
+        fut = await producer.send(topic, key, value, None, None, headers)
+        return await fut
+
+    def _state(self, cid: str) -> CrossingState:
+        state = self.states.get(cid)
+        if state is None:
+            data = self.table.data.get(cid.encode())
+            state = decode_state(data, self.config) if data else CrossingState(cid, self.config)
+            self.states[cid] = state
+            if state.has_changes():
+                self.changed.add(cid)
+        return state
+
+    # --- emission ------------------------------------------------------------------------------
+
+    def _scan_unsent(self) -> None:
+        """After a (re)start or rebalance: find states whose windows were never emitted."""
+        assigned = {tp.partition for tp in self.app.consumer.assignment()
+                    if tp.topic == self.common.reports_topic}
+        for key, data in list(self.table.data.items()):
+            if not data or not data.startswith(_CHANGED_MARK):
+                continue
+            cid = key.decode()
+            if cid in self.states:
+                continue
+            state = decode_state(data, self.config)
+            if set(state.applied) & assigned:
+                self.states[cid] = state
+                self.changed.add(cid)
+
+    async def _flush_windows(self) -> None:
+        """Emit every changed window once, newest state, keyed by crossing."""
+        if self._scan_needed and not self.app.rebalancing and self.app.tables.recovery.completed.is_set():
+            self._scan_needed = False
+            self._scan_unsent()
+        if not self.changed:
+            return
+        pending, self.changed = self.changed, set()
+        now = int(time.time() * 1000)
+        producer = self.app.producer
+        topic = self.common.windows_topic
+        sends: list[Any] = []
+        try:
+            for cid in pending:
+                state = self.states.get(cid)
+                if state is None:
+                    continue
+                key = cid.encode()
+                for row in state.take_changed():
+                    row["updated_at"] = now
+                    value = encode(row, self.window_schema)
+                    sends.append(await producer.send(topic, key, value, None, None, None))
+            await asyncio.gather(*sends)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            checkpoint.die_unsafe("emitting windows", exc)
+
+    async def _log_totals(self) -> None:
+        log.info("aggregator totals: %s; crossings cached %d", self.totals, len(self.states))
+
+
+def run(common: CommonSettings, settings: AggregatorSettings) -> None:
+    """Run the aggregator worker until SIGTERM/SIGINT."""
+    partitions = topic_partitions(common.kafka_bootstrap, common.reports_topic)
+    aggregator = Aggregator(common, settings, partitions)
+    worker = faust.Worker(
+        aggregator.app,
+        loglevel=common.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()

@@ -1,0 +1,288 @@
+"""One crossing's aggregation state: pure, deterministic, driven by the crossing's log order.
+
+What a report does (:meth:`CrossingState.apply`):
+
+1. A position ``(partition, offset)`` at or below the last one applied is a replay after a
+   restart: skipped, so nothing is counted twice (the position is stored in the same state
+   record as its effect, so both are written or neither is).
+2. A known ``event_id`` is a duplicate: ignored everywhere, whatever its content; the first
+   arrival wins. Event ids are remembered for ``dedup_horizon`` ms of watermark time.
+3. Otherwise the report is accepted and gets the next ``seq`` (1, 2, ...). Per window family
+   it goes into its pane unless every window containing it is closed; a window closed for it
+   (``window_end + grace <= watermark`` before it) does not count it, and the report is
+   counted as late. Then the watermark becomes ``max(watermark, observed_at)``.
+
+Windows are produced on demand (:meth:`CrossingState.take_changed`) from *dirty* panes. A
+window is only ever computed from its panes while it is open (every report in its panes then
+arrived while it was open, so the merge is exact). A changed window that closes before it is
+emitted is materialised at that moment (a *snapshot*), because later late reports may still
+land in its panes for the benefit of newer windows.
+
+``version`` of a window = ``seq`` of the newest report it counts: it grows with every change
+and is the same after a replay, a restart or on another partition count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from queuewatch.aggregator.pane import Pane, window_metrics
+from queuewatch.aggregator.windows import WindowFamily, parse_duration_ms, parse_families
+
+#: (from_country, to_country, traffic_class)
+LaneKey = tuple[str, str, str]
+#: (lane, family index, window start)
+WindowKey = tuple[LaneKey, int, int]
+
+NO_WATERMARK = -(2**62)
+
+
+class Outcome(Enum):
+    """What :meth:`CrossingState.apply` did with a report."""
+
+    ACCEPTED = "accepted"
+    LATE = "late"  # accepted, but too late for at least one window containing it
+    DUPLICATE = "duplicate"
+    REPLAYED = "replayed"  # its log position was applied before (at-least-once redelivery)
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    """The parameters every crossing state shares; part of the state's identity."""
+
+    families: tuple[WindowFamily, ...]
+    grace: int
+    dedup_horizon: int
+    spec: str = ""
+
+    @classmethod
+    def from_spec(cls, windows: str, grace: str, dedup_horizon: str = "") -> AggregationConfig:
+        """Build from the settings' strings (``"1h:1h:5m,..."``, ``"2h"``)."""
+        families = parse_families(windows)
+        grace_ms = parse_duration_ms(grace)
+        largest = max(f.size for f in families)
+        horizon = parse_duration_ms(dedup_horizon) if dedup_horizon else largest + grace_ms
+        # Shorter would let a re-send count again inside a window that is still open.
+        horizon = max(horizon, largest + grace_ms)
+        spec = f"{','.join(f'{f.name}:{f.size}:{f.step}' for f in families)};grace={grace_ms}"
+        return cls(families, grace_ms, horizon, spec)
+
+
+@dataclass
+class FamilyState:
+    """One lane's panes in one family, and which of them changed since the last emission."""
+
+    panes: dict[int, Pane] = field(default_factory=dict)
+    #: pane start -> watermark before its first change since the last emission
+    dirty: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class Counters:
+    """Per-crossing totals, kept in the state so they survive restarts exactly."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    late: int = 0
+    replayed: int = 0
+
+
+class CrossingState:
+    """Everything the aggregator knows about one crossing."""
+
+    __slots__ = (
+        "applied",
+        "config",
+        "counters",
+        "crossing_id",
+        "dedup",
+        "lanes",
+        "seq",
+        "snapshots",
+        "watermark",
+    )
+
+    def __init__(self, crossing_id: str, config: AggregationConfig) -> None:
+        self.crossing_id = crossing_id
+        self.config = config
+        self.seq = 0
+        self.watermark = NO_WATERMARK
+        self.counters = Counters()
+        #: partition -> last offset applied (replays at or below it are skipped)
+        self.applied: dict[int, int] = {}
+        #: event_id -> watermark when accepted; insertion order = nondecreasing value
+        self.dedup: dict[str, int] = {}
+        self.lanes: dict[LaneKey, list[FamilyState]] = {}
+        #: changed windows that closed before being emitted, materialised at closing
+        self.snapshots: dict[WindowKey, dict[str, Any]] = {}
+
+    # --- applying reports ----------------------------------------------------------------
+
+    def apply(self, record: dict[str, Any], partition: int, offset: int) -> Outcome:
+        """Apply one valid report at log position ``(partition, offset)``."""
+        last = self.applied.get(partition)
+        if last is not None and offset <= last:
+            self.counters.replayed += 1
+            return Outcome.REPLAYED
+        self.applied[partition] = offset
+        event_id = record["event_id"]
+        if event_id in self.dedup:
+            self.counters.duplicates += 1
+            return Outcome.DUPLICATE
+
+        self.seq += 1
+        seq = self.seq
+        t: int = record["observed_at"]
+        wm0 = self.watermark
+        grace = self.config.grace
+        lane_key = (record["from_country"], record["to_country"], record["traffic_class"])
+        lane = self.lanes.get(lane_key)
+        if lane is None:
+            lane = self.lanes[lane_key] = [FamilyState() for _ in self.config.families]
+        source = record["source"]["name"]
+        wait = record.get("wait_minutes")
+        vehicles = record.get("queue_vehicles")
+        length = record.get("queue_length_km")
+        status = record.get("status") or "unknown"
+        late = False
+        for fam, fstate in zip(self.config.families, lane, strict=True):
+            if fam.first_window_start(t) + fam.size + grace <= wm0:
+                late = True  # the oldest window containing t is closed
+                if fam.last_window_start(t) + fam.size + grace <= wm0:
+                    continue  # every window containing t is closed: the pane is not needed
+            p = t - t % fam.pane
+            pane = fstate.panes.get(p)
+            if pane is None:
+                pane = fstate.panes[p] = Pane()
+            pane.add(seq, t, source, wait, vehicles, length, status)
+            if p not in fstate.dirty:
+                fstate.dirty[p] = wm0
+        self.counters.accepted += 1
+        if late:
+            self.counters.late += 1
+        wm1 = t if t > wm0 else wm0
+        self.dedup[event_id] = wm1
+        if wm1 > wm0:
+            self.watermark = wm1
+            if wm0 != NO_WATERMARK:
+                self._on_watermark(wm0, wm1)
+        return Outcome.LATE if late else Outcome.ACCEPTED
+
+    def _on_watermark(self, wm0: int, wm1: int) -> None:
+        """Snapshot changed windows that just closed; evict what no window needs any more."""
+        grace = self.config.grace
+        for index, fam in enumerate(self.config.families):
+            # Does some window end e (e = s + size, s aligned) satisfy wm0 < e + grace <= wm1?
+            closes = (wm1 - grace - fam.size) // fam.step > (wm0 - grace - fam.size) // fam.step
+            # Panes become unused when wm - grace crosses a pane boundary.
+            evicts = (wm1 - grace) // fam.pane != (wm0 - grace) // fam.pane
+            if not (closes or evicts):
+                continue
+            for lane_key, lane in self.lanes.items():
+                fstate = lane[index]
+                if closes and fstate.dirty:
+                    self._snapshot_closing(lane_key, index, fam, fstate, wm0, wm1)
+                if evicts:
+                    for p in [p for p in fstate.panes if fam.pane_horizon(p) + grace <= wm1]:
+                        del fstate.panes[p]
+        horizon = self.config.dedup_horizon
+        dedup = self.dedup
+        while dedup:
+            first = next(iter(dedup))
+            if dedup[first] + horizon > wm1:
+                break
+            del dedup[first]
+
+    def _snapshot_closing(
+        self,
+        lane_key: LaneKey,
+        index: int,
+        fam: WindowFamily,
+        fstate: FamilyState,
+        wm0: int,
+        wm1: int,
+    ) -> None:
+        """Materialise the changed windows whose end + grace falls in (wm0, wm1]."""
+        grace = self.config.grace
+        # Window ends e with wm0 < e + grace <= wm1, e = s + size, s aligned to step.
+        lo_end = wm0 - grace + 1
+        hi_end = wm1 - grace
+        first_s = lo_end - fam.size
+        first_s += (-first_s) % fam.step
+        last_s = hi_end - fam.size
+        last_s -= last_s % fam.step
+        if first_s > last_s:
+            return
+        count = (last_s - first_s) // fam.step + 1
+        dirty = fstate.dirty
+        if count <= 2 * len(dirty):
+            candidates: Any = range(first_s, last_s + 1, fam.step)
+        else:  # a long jump of the watermark: look only at windows around dirty panes
+            candidates = sorted(
+                {
+                    s
+                    for p in dirty
+                    for s in fam.window_starts(p)
+                    if first_s <= s <= last_s
+                }
+            )
+        for s in candidates:
+            end = s + fam.size
+            if any(dirty.get(p, end + grace) < end + grace for p in fam.panes_of(s)):
+                key = (lane_key, index, s)
+                self.snapshots[key] = self._window_row(lane_key, index, fam, s)
+
+    # --- producing windows ----------------------------------------------------------------
+
+    def _window_row(
+        self, lane_key: LaneKey, index: int, fam: WindowFamily, start: int
+    ) -> dict[str, Any]:
+        panes = self.lanes[lane_key][index].panes
+        present = [pane for p in fam.panes_of(start) if (pane := panes.get(p)) is not None]
+        metrics, version = window_metrics(present)
+        row: dict[str, Any] = {
+            "crossing_id": self.crossing_id,
+            "from_country": lane_key[0],
+            "to_country": lane_key[1],
+            "traffic_class": lane_key[2],
+            "window_size": fam.name,
+            "window_start": start,
+            "window_end": start + fam.size,
+        }
+        row.update(metrics)
+        row["version"] = version
+        return row
+
+    def has_changes(self) -> bool:
+        """True when some window changed since the last :meth:`take_changed`."""
+        if self.snapshots:
+            return True
+        return any(fs.dirty for lane in self.lanes.values() for fs in lane)
+
+    def take_changed(self) -> list[dict[str, Any]]:
+        """Every window changed since the last call, newest state, then forget the changes.
+
+        Rows lack ``updated_at`` (wall clock, set by whoever sends them).
+        """
+        rows = list(self.snapshots.values())
+        self.snapshots.clear()
+        grace = self.config.grace
+        wm = self.watermark
+        for lane_key, lane in self.lanes.items():
+            for index, (fam, fstate) in enumerate(zip(self.config.families, lane, strict=True)):
+                if not fstate.dirty:
+                    continue
+                starts: set[int] = set()
+                for p, first_wm in fstate.dirty.items():
+                    for s in fam.window_starts(p):
+                        end = s + fam.size
+                        # open now (else it was snapshotted when it closed, if it changed),
+                        # and open for the first change of this pane (else not changed by it)
+                        if end + grace > wm and end + grace > first_wm:
+                            starts.add(s)
+                fstate.dirty.clear()
+                for s in sorted(starts):
+                    rows.append(self._window_row(lane_key, index, fam, s))
+        return rows

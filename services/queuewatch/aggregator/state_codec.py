@@ -1,0 +1,93 @@
+"""The bytes of a crossing's state in the changelog: versioned JSON, never pickle.
+
+The changelog topic is the state's only durable copy, so its format is a contract with the
+next release: a version number leads, the window configuration is recorded (a state built
+for other windows is refused rather than misread), and only plain JSON types are used, so a
+record written by anyone cannot run code here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from queuewatch.aggregator.pane import Pane
+from queuewatch.aggregator.state import AggregationConfig, Counters, CrossingState, FamilyState
+from queuewatch.errors import QueuewatchError
+
+FORMAT_VERSION = 1
+
+
+class StateFormatError(QueuewatchError):
+    """A changelog record cannot be read as a crossing state of this configuration."""
+
+
+def encode_state(state: CrossingState) -> bytes:
+    """Serialise one crossing's state."""
+    c = state.counters
+    obj: dict[str, Any] = {
+        "f": FORMAT_VERSION,
+        "cfg": state.config.spec,
+        "id": state.crossing_id,
+        "seq": state.seq,
+        "wm": state.watermark,
+        "n": [c.accepted, c.duplicates, c.late, c.replayed],
+        "applied": [[p, o] for p, o in state.applied.items()],
+        "dedup": [[k, v] for k, v in state.dedup.items()],
+        "lanes": [
+            [
+                list(lane_key),
+                [
+                    [
+                        [[p, pane.to_obj()] for p, pane in fs.panes.items()],
+                        [[p, w] for p, w in fs.dirty.items()],
+                    ]
+                    for fs in lane
+                ],
+            ]
+            for lane_key, lane in state.lanes.items()
+        ],
+        "snap": [
+            [list(lane_key), index, start, row]
+            for (lane_key, index, start), row in state.snapshots.items()
+        ],
+    }
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_state(data: bytes, config: AggregationConfig) -> CrossingState:
+    """Read a state written by :func:`encode_state` for the same window configuration."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StateFormatError(f"changelog record is not JSON: {exc}") from exc
+    if obj.get("f") != FORMAT_VERSION:
+        raise StateFormatError(
+            f"changelog record has state format {obj.get('f')!r}, this aggregator reads "
+            f"{FORMAT_VERSION}; run the matching release or start a new aggregator group"
+        )
+    if obj.get("cfg") != config.spec:
+        raise StateFormatError(
+            f"the state was built for windows {obj.get('cfg')!r} but the settings now say "
+            f"{config.spec!r}; restore QUEUEWATCH_AGGREGATOR_WINDOWS/GRACE, or set a new "
+            "QUEUEWATCH_AGGREGATOR_GROUP to rebuild every window from the log"
+        )
+    state = CrossingState(obj["id"], config)
+    state.seq = obj["seq"]
+    state.watermark = obj["wm"]
+    state.counters = Counters(*obj["n"])
+    state.applied = {int(p): int(o) for p, o in obj["applied"]}
+    state.dedup = {k: v for k, v in obj["dedup"]}
+    for lane_key, fams in obj["lanes"]:
+        lane: list[FamilyState] = []
+        for panes, dirty in fams:
+            lane.append(
+                FamilyState(
+                    panes={int(p): Pane.from_obj(po) for p, po in panes},
+                    dirty={int(p): int(w) for p, w in dirty},
+                )
+            )
+        state.lanes[(lane_key[0], lane_key[1], lane_key[2])] = lane
+    for lane_key, index, start, row in obj["snap"]:
+        state.snapshots[((lane_key[0], lane_key[1], lane_key[2]), index, start)] = row
+    return state

@@ -1,0 +1,75 @@
+"""The aggregator against a real broker: exact windows, dead letters, partition-independence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from queuewatch.aggregator.intake import H_CODE, H_OFFSET, H_PARTITION, H_TOPIC
+from tests.integration.test_aggregator_harness import (
+    AggregatorProcess,
+    WindowReader,
+    make_scenario,
+    make_topics,
+    publish,
+    read_all,
+    reference_windows,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_scenario_with_duplicates_late_and_invalid_reports_matches_the_brute_force_windows(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    settings = make_topics(bootstrap, unique, partitions=3)
+    scenario = make_scenario(seed=7)
+    expected = reference_windows(scenario.valid_in_order)
+    publish(bootstrap, settings.reports_topic, scenario.messages)
+
+    agg = AggregatorProcess(settings, tmp_path, group=f"agg-{unique}")
+    agg.start()
+    reader = WindowReader(bootstrap, settings.windows_topic)
+    try:
+        problems = reader.wait_for(expected, timeout_s=120)
+        assert problems == [], "\n".join(problems) + "\n" + agg.logs()
+        assert reader.version_went_down == 0
+        dead = read_all(bootstrap, settings.dlq_topic, len(scenario.invalid), timeout_s=30)
+    finally:
+        code = agg.stop()
+        reader.close()
+    assert code == 0, agg.logs()
+
+    got = {(m.key, m.value) for m in dead}
+    assert set(scenario.invalid) <= got
+    for m in dead:
+        headers = dict(m.headers)
+        assert headers[H_CODE]
+        assert headers[H_TOPIC] == settings.reports_topic.encode()
+        assert int(headers[H_PARTITION]) >= 0 and int(headers[H_OFFSET]) >= 0
+
+
+def test_one_partition_and_twelve_partitions_give_the_same_windows(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    scenario = make_scenario(seed=12, crossings=6, per_crossing=150)
+    expected = reference_windows(scenario.valid_in_order)
+    finals = []
+    for partitions in (1, 12):
+        settings = make_topics(bootstrap, f"{unique}-{partitions}", partitions=partitions)
+        publish(bootstrap, settings.reports_topic, scenario.messages)
+        home = tmp_path / f"p{partitions}"
+        home.mkdir()
+        agg = AggregatorProcess(settings, home, group=f"agg-{unique}-{partitions}")
+        agg.start()
+        reader = WindowReader(bootstrap, settings.windows_topic)
+        try:
+            problems = reader.wait_for(expected, timeout_s=120)
+            assert problems == [], "\n".join(problems) + "\n" + agg.logs()
+        finally:
+            agg.stop()
+            reader.close()
+        finals.append({k: {n: v for n, v in row.items() if n != "updated_at"}
+                       for k, row in reader.newest.items()})
+    assert finals[0] == finals[1]
