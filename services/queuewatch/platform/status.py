@@ -15,9 +15,11 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from queuewatch.platform.home import lock_holder
 from queuewatch.platform.processes import pid_alive
@@ -26,6 +28,7 @@ from queuewatch.settings import CommonSettings
 #: The tables whose row counts status shows (read with FINAL: one row per key).
 MAIN_TABLES = ("queue_reports", "crossing_windows")
 STATE_NAME = "up.json"
+T = TypeVar("T")
 
 
 @dataclass
@@ -146,8 +149,8 @@ def _kafka_status(settings: CommonSettings, report: StatusReport) -> None:
             admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps}) if tps else {}
         )
         groups = [g for g, _ in wanted]
-        described = admin.describe_groups(groups) if groups else {}
-        offsets = admin.list_group_offsets(groups) if groups else {}
+        described = _retrying(lambda: admin.describe_groups(groups)) if groups else {}
+        offsets = _retrying(lambda: admin.list_group_offsets(groups)) if groups else {}
         for group, topic in wanted:
             info = described.get(group, {})
             committed = {
@@ -177,6 +180,21 @@ def _kafka_status(settings: CommonSettings, report: StatusReport) -> None:
             report.problems.append(f"reading topics and consumer groups failed: {exc}")
     finally:
         admin.close()
+
+
+def _retrying(call: Callable[[], T], timeout_s: float = 15.0) -> T:
+    """``call()``, retried while Kafka says to retry (a young broker's group coordinator
+    answers CoordinatorNotAvailable until its offsets topic exists)."""
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaError as exc:
+            if not exc.retriable or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _clickhouse_status(settings: CommonSettings, report: StatusReport, timeout_s: float) -> None:
