@@ -4,11 +4,23 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 LIBS   := infra/kafka/target/libs
 STAMP  := $(VENV)/.installed
+# Readable in a CI log: no cache folder, the slowest tests listed at the end.
+PYTEST_FLAGS ?= -p no:cacheprovider --durations=20
+# Extra arguments for `queuewatch up`, e.g. make run UP_ARGS=--no-simulate
+UP_ARGS ?=
 
-.PHONY: run test test-unit test-integration lint bench bench-smoke broker install clean compose-up compose-down
+.PHONY: help run test test-unit test-integration test-chaos lint bench bench-smoke broker \
+	install docs clean compose-up compose-down
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "queuewatch needs Python 3.11+; $(PYTHON) is $$($(PYTHON) --version 2>&1)." \
+	       "Install one, or run: make PYTHON=python3.11 ..."; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "could not create $(VENV); on Debian/Ubuntu: apt-get install python3-venv"; exit 1; }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
 	@touch $(STAMP)
@@ -16,32 +28,43 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install queuewatch with its test tools
 
 $(LIBS)/.fetched: infra/kafka/pom.xml
-	@command -v mvn >/dev/null || { echo "mvn (Apache Maven) is needed to fetch the Kafka broker: apt-get install maven"; exit 1; }
-	@command -v java >/dev/null || { echo "java 17+ is needed to run the Kafka broker: apt-get install openjdk-17-jre-headless"; exit 1; }
+	@command -v java >/dev/null || { echo "java 17+ is needed to run the Kafka broker:" \
+	  "apt-get install openjdk-17-jre-headless"; exit 1; }
+	@command -v mvn >/dev/null || { echo "mvn (Apache Maven) is needed to fetch the Kafka" \
+	  "broker: apt-get install maven"; exit 1; }
 	mvn -q -B -f infra/kafka/pom.xml package
 	@touch $@
 
-broker: $(LIBS)/.fetched ## Fetch the Apache Kafka broker's jars with Maven
+broker: $(LIBS)/.fetched ## Fetch the Apache Kafka broker's jars with Maven (once)
 
-run: install broker ## Run the whole pipeline on this machine (broker, processors, simulator)
-	$(BIN)/queuewatch up
+run: install broker ## Run the whole pipeline on this machine until Ctrl-C
+	$(BIN)/queuewatch up $(UP_ARGS)
 
-test: install broker ## Run every test (unit, integration against a real broker and chdb, chaos)
-	$(BIN)/pytest tests
+test: install broker ## Run every test: unit, integration (real Kafka, chdb), chaos
+	$(BIN)/pytest $(PYTEST_FLAGS) tests
 
-test-unit: install
-	$(BIN)/pytest tests/unit
+test-unit: install ## Only the unit tests (no broker, seconds)
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/unit
 
-lint: install
+test-integration: install broker ## Only the integration tests
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/integration
+
+test-chaos: install broker ## Only the chaos tests (kill, restart, outage)
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/chaos
+
+lint: install ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check services tests benchmarks
 	$(BIN)/ruff format --check services tests benchmarks
 	$(BIN)/mypy
 
-bench: install broker
+docs: install ## Regenerate the settings table in README.md
+	$(BIN)/queuewatch settings --readme README.md
+
+bench: install broker ## The full benchmarks (docs/performance.md)
 	$(BIN)/pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks.run --full
 
-bench-smoke: install broker
+bench-smoke: install broker ## A minute-long run of every benchmark, to check they work
 	$(BIN)/pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks.run --smoke
 
@@ -53,4 +76,6 @@ compose-down: ## Stop the docker compose deployment (the volumes, i.e. the data,
 	docker compose -f infra/docker-compose.yml --env-file .env down
 
 clean: ## Remove local state (the broker's log, the embedded ClickHouse) and build output
+	@if [ -e var/up.lock ] && command -v flock >/dev/null && ! flock -n var/up.lock true; then \
+	  echo "queuewatch up is running on var/ (pid $$(cat var/up.lock)); stop it first"; exit 1; fi
 	rm -rf var infra/kafka/target .pytest_cache .mypy_cache .ruff_cache

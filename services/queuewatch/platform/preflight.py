@@ -56,10 +56,15 @@ def chdb_folder_holder(folder: Path) -> int | None:
 
 def check_chdb_folder_free(url: str) -> None:
     """Fail when the embedded ClickHouse folder of ``url`` is open in another process."""
+    from queuewatch.clickhouse.ownership import current_owner
+
     folder = chdb_path(url)
     if folder is None:
         return
-    pid = chdb_folder_holder(folder)
+    # A queuewatch owner holds its ownership lock (even before the engine opens the folder);
+    # any other program using chdb holds the engine's own lock.
+    owner = current_owner(folder)
+    pid = (owner.pid or -1) if owner is not None else chdb_folder_holder(folder)
     if pid is None:
         return
     who = f"process {pid}" if pid > 0 else "another process"
