@@ -1,0 +1,278 @@
+"""The pure window logic: pane algebra, duplicates, the lateness rule, state round trips."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from ddsketch import DDSketch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from queuewatch.aggregator.pane import Pane, window_metrics
+from queuewatch.aggregator.sketch import QuantileSketch
+from queuewatch.aggregator.state import AggregationConfig, CrossingState, Outcome
+from queuewatch.aggregator.state_codec import StateFormatError, decode_state, encode_state
+from queuewatch.aggregator.windows import parse_duration_ms, parse_families
+from queuewatch.errors import ConfigurationError
+
+HOUR = 3_600_000
+MIN = 60_000
+T0 = 1_663_977_600_000  # 2022-09-24T00:00:00Z
+CONFIG = AggregationConfig.from_spec("1h:1h:5m,3h:3h:15m,24h:24h:1h", "2h")
+
+values = st.fixed_dictionaries(
+    {
+        "t": st.integers(0, 6 * HOUR),
+        "source": st.sampled_from(["a", "b", "c"]),
+        "wait": st.one_of(st.none(), st.integers(0, 20160)),
+        "vehicles": st.one_of(st.none(), st.integers(0, 100000)),
+        "km": st.one_of(st.none(), st.floats(0, 500, allow_nan=False)),
+        "status": st.sampled_from(["open", "delay", "closed", "unknown"]),
+    }
+)
+
+
+def _add(pane: Pane, seq: int, v: dict[str, Any]) -> None:
+    pane.add(seq, T0 + v["t"], v["source"], v["wait"], v["vehicles"], v["km"], v["status"])
+
+
+def record(t: int, event_id: str, lane: str = "car", **kw: Any) -> dict[str, Any]:
+    rec = {
+        "event_id": event_id,
+        "crossing_id": "x",
+        "from_country": "RU",
+        "to_country": "GE",
+        "traffic_class": lane,
+        "observed_at": t,
+        "source": {"type": "crowd", "name": kw.pop("source", "s"), "url": None},
+        "wait_minutes": kw.pop("wait", 10),
+        "queue_vehicles": None,
+        "queue_length_km": None,
+        "status": "open",
+    }
+    rec.update(kw)
+    return rec
+
+
+def newest(rows: list[dict[str, Any]], into: dict[tuple, dict[str, Any]]) -> None:
+    for row in rows:
+        key = (row["traffic_class"], row["window_size"], row["window_start"])
+        if key not in into or into[key]["version"] <= row["version"]:
+            into[key] = row
+
+
+# --- pane algebra -----------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(values, min_size=1, max_size=40), st.integers(1, 6), st.randoms())
+def test_merging_panes_in_any_order_equals_aggregating_the_reports_directly(
+    reports: list[dict[str, Any]], n_panes: int, rnd: random.Random
+) -> None:
+    direct = Pane()
+    panes = [Pane() for _ in range(n_panes)]
+    for seq, v in enumerate(reports, 1):
+        _add(direct, seq, v)
+        _add(panes[rnd.randrange(n_panes)], seq, v)
+    rnd.shuffle(panes)
+    merged = Pane()
+    for p in panes:
+        merged.merge(p)
+    assert merged == direct
+    assert merged.metrics() == direct.metrics()
+    non_empty = [p for p in panes if p.reports]
+    rnd.shuffle(non_empty)
+    metrics, version = window_metrics(non_empty)
+    assert metrics == direct.metrics()
+    assert version == len(reports)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0, 500, allow_nan=False), min_size=1, max_size=30), st.randoms())
+def test_float_mean_is_exact_whatever_the_merge_order(xs: list[float], rnd: random.Random) -> None:
+    from fractions import Fraction
+
+    panes = [Pane() for _ in xs]
+    for seq, (p, x) in enumerate(zip(panes, xs, strict=True), 1):
+        p.add(seq, T0, "s", None, None, x, "unknown")
+    rnd.shuffle(panes)
+    metrics, _ = window_metrics(panes)
+    assert metrics["queue_length_km_avg"] == float(sum(map(Fraction, xs)) / len(xs))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 20160), min_size=1, max_size=200))
+def test_sketch_quantiles_equal_ddsketch_and_stay_within_one_percent_of_the_rank_quantile(
+    waits: list[int],
+) -> None:
+    ours, theirs = QuantileSketch(), DDSketch(0.01)
+    for w in waits:
+        ours.add(w)
+        theirs.add(w)
+    ordered = sorted(waits)
+    for q in (0.5, 0.9):
+        assert ours.quantile(q) == theirs.get_quantile_value(q)
+        exact = ordered[int(q * (len(ordered) - 1))]
+        assert abs(ours.quantile(q) - exact) <= 0.01 * exact + 1e-9  # type: ignore[operator]
+
+
+# --- duplicates and replays -------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    # within the de-duplication horizon (largest window + grace = 26 h)
+    st.lists(st.tuples(st.integers(0, 20 * HOUR), st.integers(0, 300)), min_size=1, max_size=60),
+    st.data(),
+)
+def test_feeding_a_duplicate_changes_nothing(
+    reports: list[tuple[int, int]], data: st.DataObject
+) -> None:
+    state = CrossingState("x", CONFIG)
+    for i, (t, wait) in enumerate(reports):
+        state.apply(record(T0 + t, f"e{i}", wait=wait), 0, i)
+    before = encode_state(state)
+    i = data.draw(st.integers(0, len(reports) - 1))
+    conflicting = record(T0 + data.draw(st.integers(0, 30 * HOUR)), f"e{i}", wait=9, lane="bus")
+    assert state.apply(conflicting, 0, len(reports)) is Outcome.DUPLICATE
+    # Only the position and the duplicate counter moved.
+    restored = decode_state(before, CONFIG)
+    restored.applied[0] = len(reports)
+    restored.counters.duplicates += 1
+    assert encode_state(state) == encode_state(restored)
+    assert state.take_changed() == decode_state(before, CONFIG).take_changed()
+
+
+def test_a_replayed_log_position_is_skipped_exactly() -> None:
+    state = CrossingState("x", CONFIG)
+    assert state.apply(record(T0, "a"), 3, 10) is Outcome.ACCEPTED
+    assert state.apply(record(T0 + MIN, "b"), 3, 11) is Outcome.ACCEPTED
+    snapshot = encode_state(state)
+    assert state.apply(record(T0 + MIN, "b"), 3, 11) is Outcome.REPLAYED
+    assert state.apply(record(T0 + 2 * MIN, "c"), 3, 9) is Outcome.REPLAYED
+    assert state.counters.replayed == 2
+    state.counters.replayed = 0
+    assert encode_state(state) == snapshot
+
+
+# --- the lateness rule ------------------------------------------------------------------------
+
+
+def _open_windows(t: int, watermark: int | None) -> set[tuple[str, int]]:
+    """Brute force: every window containing t whose end + grace exceeds the watermark."""
+    out = set()
+    for name, size, step in (("1h", HOUR, 5 * MIN), ("3h", 3 * HOUR, 15 * MIN),
+                             ("24h", 24 * HOUR, HOUR)):
+        start = t - t % step
+        while start + size > t:
+            if watermark is None or start + size + 2 * HOUR > watermark:
+                out.add((name, start))
+            start -= step
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 48 * HOUR), st.integers(-30 * HOUR, 10 * HOUR))
+def test_a_late_report_counts_exactly_in_the_windows_still_open_before_it(
+    first: int, offset: int
+) -> None:
+    state = CrossingState("x", CONFIG)
+    state.apply(record(T0 + first, "first", lane="truck"), 0, 0)
+    state.take_changed()
+    t = T0 + first + offset
+    outcome = state.apply(record(t, "late"), 0, 1)
+    rows = [r for r in state.take_changed() if r["traffic_class"] == "car"]
+    got = {(r["window_size"], r["window_start"]) for r in rows}
+    expected = _open_windows(t, T0 + first)
+    assert got == expected
+    all_windows = _open_windows(t, None)
+    assert (outcome is Outcome.LATE) == (expected != all_windows)
+    assert state.counters.late == (1 if expected != all_windows else 0)
+    assert state.counters.accepted == 2
+
+
+def test_window_end_plus_grace_equal_to_the_watermark_is_closed() -> None:
+    state = CrossingState("x", CONFIG)
+    # Window 1h [T0, T0+1h) closes when the watermark reaches T0 + 1h + 2h.
+    state.apply(record(T0 + 3 * HOUR, "w", lane="truck"), 0, 0)
+    state.take_changed()
+    state.apply(record(T0 + 10 * MIN, "r"), 0, 1)
+    starts = {r["window_start"] for r in state.take_changed() if r["window_size"] == "1h"}
+    assert T0 not in starts
+    assert T0 + 5 * MIN in starts
+
+
+def test_a_changed_window_that_closes_before_emission_keeps_its_content() -> None:
+    state = CrossingState("x", CONFIG)
+    state.apply(record(T0 + 1 * MIN, "a", wait=10), 0, 0)  # into 1h window [T0, T0+1h)
+    state.apply(record(T0 + 3 * HOUR + 1, "b", lane="truck"), 0, 1)  # closes it
+    state.apply(record(T0 + 2 * MIN, "c", wait=500), 0, 2)  # same pane, too late for it
+    rows = {(r["traffic_class"], r["window_size"], r["window_start"]): r
+            for r in state.take_changed()}
+    closed = rows[("car", "1h", T0)]
+    assert closed["reports"] == 1 and closed["wait_minutes_max"] == 10
+    still_open = rows[("car", "3h", T0)]  # [T0, T0+3h) is open until T0+5h: it takes c
+    assert still_open["reports"] == 2 and still_open["wait_minutes_max"] == 500
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40 * HOUR), st.booleans()), min_size=1, max_size=80),
+       st.randoms())
+def test_windows_do_not_depend_on_when_they_are_emitted(
+    reports: list[tuple[int, bool]], rnd: random.Random
+) -> None:
+    """Emitting after every report or once at the end gives the same newest windows."""
+    eager, lazy = CrossingState("x", CONFIG), CrossingState("x", CONFIG)
+    seen_eager: dict[tuple, dict[str, Any]] = {}
+    seen_lazy: dict[tuple, dict[str, Any]] = {}
+    for i, (t, dup) in enumerate(reports):
+        rec = record(T0 + t, f"e{i // 2 if dup else i}", wait=t % 997,
+                     status=rnd.choice(["open", "unknown"]))
+        eager.apply(rec, 0, i)
+        lazy.apply(rec, 0, i)
+        newest(eager.take_changed(), seen_eager)
+        if rnd.random() < 0.2:
+            newest(lazy.take_changed(), seen_lazy)
+    newest(lazy.take_changed(), seen_lazy)
+    assert seen_eager == seen_lazy
+
+
+# --- state and settings -----------------------------------------------------------------------
+
+
+def test_state_round_trips_through_its_changelog_bytes() -> None:
+    state = CrossingState("x", CONFIG)
+    for i in range(300):
+        state.apply(record(T0 + i * 7 * MIN, f"e{i}", wait=i, queue_length_km=i / 7), 0, i)
+        if i % 50 == 0:
+            state.take_changed()
+    data = encode_state(state)
+    assert encode_state(decode_state(data, CONFIG)) == data
+
+
+def test_state_for_other_windows_is_refused_with_a_way_out() -> None:
+    data = encode_state(CrossingState("x", CONFIG))
+    other = AggregationConfig.from_spec("1h:1h:10m", "2h")
+    with pytest.raises(StateFormatError, match="QUEUEWATCH_AGGREGATOR_GROUP"):
+        decode_state(data, other)
+
+
+def test_state_stays_bounded_as_event_time_moves_on() -> None:
+    state = CrossingState("x", CONFIG)
+    for i in range(3000):  # 3000 reports, one every 2 minutes: 100 hours
+        state.apply(record(T0 + i * 2 * MIN, f"e{i}"), 0, i)
+    assert len(state.dedup) <= (26 * HOUR) // (2 * MIN) + 1
+    panes = state.lanes[("RU", "GE", "car")]
+    assert len(panes[0].panes) <= (3 * HOUR) // (5 * MIN) + 1
+    assert len(panes[2].panes) <= 26 + 1
+
+
+def test_window_spec_errors_say_what_is_expected() -> None:
+    assert parse_duration_ms("5m") == 300_000
+    assert [f.pane for f in parse_families("1h:1h:5m,90m:90m:20m")] == [300_000, 600_000]
+    with pytest.raises(ConfigurationError, match="name:size:step"):
+        parse_families("1h:1h")
+    with pytest.raises(ConfigurationError, match="unit"):
+        parse_duration_ms("5 minutes")
