@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from queuewatch.platform.broker import free_port
+from queuewatch.platform.broker import free_port, kafka_answers
 from queuewatch.platform.processes import pid_alive, processes_with_env
 from queuewatch.platform.up import READY_LINE, STATE_NAME
 
@@ -171,11 +171,23 @@ def test_sigterm_stops_everything_and_a_second_up_finds_the_first_runs_events(
         assert "sink-all (pid" in first.err.read_text()
         assert "was killed by SIGKILL" in first.err.read_text()
 
+        # The broker this run started, killed outright, is started again on the same log.
+        os.kill(broker_pid, signal.SIGKILL)
+        wait_for(
+            lambda: first.state()["broker_pid"] not in (None, broker_pid),
+            120,
+            "the broker to be started again",
+        )
+        assert "the Kafka broker was killed by SIGKILL; starting it again" in first.err.read_text()
+        assert kafka_answers(bootstrap, 10.0)
+        new_broker_pid = first.state()["broker_pid"]
+        assert isinstance(new_broker_pid, int)
+
         assert first.stop(signal.SIGTERM) == 0
     finally:
         first.kill_if_running()
     assert left_behind(home) == []
-    assert not pid_alive(broker_pid)
+    assert not pid_alive(new_broker_pid)
     assert not (home / STATE_NAME).exists()
 
     again = UpProcess(home, up_env, "again")

@@ -51,6 +51,7 @@ from queuewatch.platform.preflight import (
     check_query_port_free,
     check_remote_kafka,
 )
+from queuewatch.platform.processes import describe_exit
 from queuewatch.platform.supervisor import Supervisor
 from queuewatch.resources import REPO_ROOT
 from queuewatch.settings import BrokerSettings, CommonSettings, SupervisorSettings
@@ -269,7 +270,27 @@ class UpRun:
     def _watch(self) -> None:
         assert self.supervisor is not None
         while not self._stop.wait(0.5):
+            self._watch_broker()
             self.supervisor.poll()
+
+    def _watch_broker(self) -> None:
+        """Start the broker this run owns again if it died (the processors need it)."""
+        broker = self.broker
+        if broker is None or broker.process is None or broker.process.poll() is None:
+            return
+        status = broker.process.returncode
+        broker.process = None
+        log.error(
+            "the Kafka broker %s; starting it again (its log: %s)",
+            describe_exit(status),
+            broker.log_file,
+        )
+        broker.start(
+            timeout_s=self.broker_settings.broker_start_timeout_s, cancelled=self._stop.is_set
+        )
+        if self.supervisor is not None and broker.process is not None:
+            self.supervisor.extra_state["broker_pid"] = broker.process.pid
+            self.supervisor.write_state()
 
     def _shutdown(self, home: Path) -> None:
         log.info("stopping")
