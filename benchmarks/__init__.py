@@ -1,0 +1,1 @@
+"""queuewatch benchmarks: `python -m benchmarks.run --full|--smoke` (see docs/performance.md)."""

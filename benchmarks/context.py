@@ -1,0 +1,63 @@
+"""What every scenario gets: the broker, a work folder, the plan (sizes) and its results."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one benchmark run; ``--smoke`` and ``--full`` differ only here."""
+
+    mode: str
+    runs: int
+    limit_reports: int
+    aggregator_reports: int
+    aggregator_crossings: int
+    peer_reports: int
+    peer_crossings: int
+    e2e_rates: tuple[int, ...]
+    e2e_seconds: float
+    e2e_crossings: int
+    e2e_drain_s: float
+    query_reports: int
+    query_crossings: int
+    query_repeats: int
+    sink_reports: int
+    sink_windows: int
+    install_peer: bool
+
+
+SMOKE = Plan(
+    mode="smoke", runs=1, limit_reports=2000, aggregator_reports=2000, aggregator_crossings=20,
+    peer_reports=600, peer_crossings=5, e2e_rates=(200,), e2e_seconds=3.0, e2e_crossings=20,
+    e2e_drain_s=90.0, query_reports=20_000, query_crossings=50, query_repeats=2,
+    sink_reports=2000, sink_windows=2000, install_peer=False,
+)  # fmt: skip
+
+FULL = Plan(
+    mode="full", runs=3, limit_reports=1_000_000, aggregator_reports=1_000_000,
+    aggregator_crossings=1000, peer_reports=20_000, peer_crossings=100,
+    e2e_rates=(1000, 5000, 10_000, 20_000), e2e_seconds=20.0, e2e_crossings=1000,
+    e2e_drain_s=120.0, query_reports=10_000_000, query_crossings=1000, query_repeats=7,
+    sink_reports=200_000, sink_windows=200_000, install_peer=True,
+)  # fmt: skip
+
+
+@dataclass
+class Context:
+    """Shared by the scenarios of one run."""
+
+    plan: Plan
+    bootstrap: str
+    work: Path
+    python: str = sys.executable
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log_dir(self) -> Path:
+        """Where child processes write their logs."""
+        return self.work / "logs"

@@ -1,0 +1,1 @@
+"""Peer implementations of queuewatch's jobs, run in their own environments for comparison."""

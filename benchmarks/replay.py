@@ -1,0 +1,200 @@
+"""One measured replay: a processor started on an empty topic, then N reports at once.
+
+The protocol, the same for every processor (ours, the Quix peer, the sinks):
+
+1. create fresh topics; start following the processor's output topic (if it has one);
+2. start the processor; publish one probe report and wait until its consumer group has
+   committed past it: the process is up, joined, assigned and has restored its state, so
+   start-up (seconds for faust and Quix, which check every changelog partition) is not
+   counted as processing time;
+3. note the wall clock ``t0`` and the resident memory, then publish the N reports as fast as
+   the harness can (confluent-kafka: a few hundred thousand per second, faster than any
+   processor here consumes, so the processor is never starved);
+4. done when the group has committed everything and, for a processor with output, no output
+   arrived for ``quiet_s``; the end time is the Kafka timestamp of the last output message
+   (the processor's own clock when it emitted it) or, without output, the moment the lag was
+   seen to reach zero (polled every 0.25 s);
+5. throughput = N / (end - t0); memory = the peak sampled during the run.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import processes
+from benchmarks.dataset import Crossing, make_report
+from benchmarks.kafka_setup import GroupWatcher, create_topics, produce
+from benchmarks.window_output import WindowCollector, WindowKey
+from queuewatch.contract.codec import encode
+from queuewatch.contract.schemas import QUEUE_REPORT, default_registry
+
+PROBE_CROSSING = Crossing("zz-bench-probe", [("RU", "GE")], ["car"], [("sensor", "probe")], 10)
+
+
+@dataclass
+class Topics:
+    """The fresh topic names of one replay."""
+
+    reports: str
+    dlq: str
+    windows: str
+
+    def as_roles(self) -> dict[str, str]:
+        """Role -> name, as kafka_setup.create_topics wants it."""
+        return {"reports": self.reports, "dlq": self.dlq, "windows": self.windows}
+
+
+@dataclass
+class Replay:
+    """What a processor did with N reports."""
+
+    reports: int
+    startup_s: float
+    seconds: float
+    events_per_s: float
+    rss_ready_mib: float
+    peak_rss_mib: float
+    output_messages: int
+    windows: dict[WindowKey, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def figures(self) -> dict[str, Any]:
+        """The numbers for the result file."""
+        return {
+            "reports": self.reports,
+            "startup_s": round(self.startup_s, 2),
+            "seconds": round(self.seconds, 3),
+            "events_per_s": round(self.events_per_s, 1),
+            "rss_ready_mib": round(self.rss_ready_mib, 1),
+            "peak_rss_mib": round(self.peak_rss_mib, 1),
+            "output_messages": self.output_messages,
+            "windows": len(self.windows),
+        }
+
+
+def probe_message(observed_at: int) -> tuple[bytes, bytes]:
+    """One valid report of a crossing no dataset uses."""
+    rec = make_report(PROBE_CROSSING, observed_at, random.Random(observed_at))
+    rec["wait_minutes"] = 10
+    schema = default_registry().latest(QUEUE_REPORT)
+    return PROBE_CROSSING.crossing_id.encode(), encode(rec, schema)
+
+
+def replay(
+    *,
+    name: str,
+    bootstrap: str,
+    topics: Topics,
+    group: str,
+    start: Callable[[], processes.Child],
+    messages: Sequence[tuple[bytes, bytes]],
+    probe: tuple[bytes, bytes],
+    output_topic: str | None,
+    input_topic: str | None = None,
+    keep_windows: bool = False,
+    quiet_s: float = 3.0,
+    timeout_s: float = 1800.0,
+    ready_timeout_s: float = 240.0,
+) -> Replay:
+    """Run the protocol of this module's docstring; stop the processor before returning."""
+    create_topics(bootstrap, topics.as_roles())
+    collector = (
+        WindowCollector(bootstrap, output_topic, keep_records=keep_windows).start()
+        if output_topic
+        else None
+    )
+    source = input_topic or topics.reports
+    child = start()
+    watcher = GroupWatcher(bootstrap, group, source)
+    try:
+        produce(bootstrap, source, [probe])
+        deadline = time.monotonic() + ready_timeout_s
+        while watcher.lag() != 0:
+            child.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{name} did not commit the probe report within {ready_timeout_s:.0f} s; "
+                    f"read {child.log_path}"
+                )
+            time.sleep(0.25)
+        startup_s = time.monotonic() - child.started
+        time.sleep(0.3)  # one more memory sample, taken with the process idle
+        rss_ready = child.samples[-1][1] if child.samples else 0
+        t0 = time.time()
+        produce(bootstrap, source, messages)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            child.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not finish within {timeout_s:.0f} s")
+            lag = watcher.lag()
+            if lag == 0:
+                if collector is None:
+                    end = time.time()
+                    break
+                if collector.quiet_for() >= quiet_s and collector.last_ts_ms is not None:
+                    end = collector.last_ts_ms / 1000
+                    break
+            time.sleep(0.25)
+    finally:
+        watcher.close()
+        child.stop()
+        if collector is not None:
+            collector.stop()
+    seconds = max(end - t0, 1e-6)
+    return Replay(
+        reports=len(messages),
+        startup_s=startup_s,
+        seconds=seconds,
+        events_per_s=len(messages) / seconds,
+        rss_ready_mib=rss_ready / 2**20,
+        peak_rss_mib=child.peak_rss / 2**20,
+        output_messages=collector.messages if collector else 0,
+        windows=dict(collector.windows) if collector else {},
+    )
+
+
+def aggregator_starter(
+    bootstrap: str, topics: Topics, group: str, home: Path, log_dir: Path, python: str
+) -> Callable[[], processes.Child]:
+    """Starts `queuewatch aggregator` (1 worker) configured for this replay's topics."""
+    env = {
+        "QUEUEWATCH_HOME": str(home),
+        "QUEUEWATCH_KAFKA_BOOTSTRAP": bootstrap,
+        "QUEUEWATCH_REPORTS_TOPIC": topics.reports,
+        "QUEUEWATCH_DLQ_TOPIC": topics.dlq,
+        "QUEUEWATCH_WINDOWS_TOPIC": topics.windows,
+        "QUEUEWATCH_AGGREGATOR_GROUP": group,
+        "QUEUEWATCH_LOG_LEVEL": "WARNING",
+    }
+    argv = [python, "-m", "queuewatch", "aggregator"]
+    return lambda: processes.start(f"aggregator-{group}", argv, env, log_dir)
+
+
+def peer_starter(
+    bootstrap: str, topics: Topics, group: str, state_dir: Path, log_dir: Path, python: str
+) -> Callable[[], processes.Child]:
+    """Starts the Quix Streams peer in its own venv, writing to ``topics.windows``."""
+    from queuewatch.resources import REPO_ROOT
+
+    argv = [
+        python,
+        str(REPO_ROOT / "benchmarks" / "peers" / "quix_aggregator.py"),
+        "--bootstrap", bootstrap,
+        "--input", topics.reports,
+        "--output", topics.windows,
+        "--group", group,
+        "--state-dir", str(state_dir),
+        "--schemas", str(REPO_ROOT / "schemas"),
+    ]  # fmt: skip
+    return lambda: processes.start(f"quix-{group}", argv, {}, log_dir)
+
+
+def run_ids(prefix: str) -> tuple[Topics, str]:
+    """Fresh topic names and a consumer group for one replay."""
+    tag = f"{prefix}-{random.getrandbits(32):08x}"
+    return Topics(f"{tag}-reports", f"{tag}-dlq", f"{tag}-windows"), f"{tag}-group"

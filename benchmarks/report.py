@@ -1,0 +1,201 @@
+"""Turns a result file into the summary of docs/performance.md and its latency plot.
+
+``python -m benchmarks.report benchmarks/results/<file>.json`` (``--full`` runs it itself).
+Only the part between the ``results:begin`` and ``results:end`` markers of
+docs/performance.md is rewritten; the method and the discussion around it are prose kept by
+hand. The plot is docs/performance-latency.png (matplotlib, Agg backend).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from queuewatch.resources import REPO_ROOT
+
+DOC = REPO_ROOT / "docs" / "performance.md"
+PLOT = REPO_ROOT / "docs" / "performance-latency.png"
+BEGIN = "<!-- results:begin -->"
+END = "<!-- results:end -->"
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float | int):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _ok(entry: dict[str, Any] | None) -> bool:
+    return bool(entry) and entry.get("status") == "ok"  # type: ignore[union-attr]
+
+
+def summary(result: dict[str, Any], result_path: str) -> str:
+    """The markdown between the markers."""
+    m = result["machine"]
+    sc = result["scenarios"]
+    lines = [
+        f"Measured {result['started_at']} to {result['finished_at']} with "
+        f"`{result['command']}` (commit {m['git_commit']}); raw figures in "
+        f"[`{result_path}`](../{result_path}).",
+        "",
+        f"Machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
+        f"Linux {m['kernel']}, Python {m['versions']['python']}. Load average (1/5/15 min) "
+        f"{m['load_average_at_start']} at the start, {m.get('load_average_at_end')} at the end.",
+        "",
+        "| Scenario | Figure | Value |",
+        "|---|---|---|",
+    ]
+    limit = sc.get("limit")
+    if _ok(limit):
+        assert limit is not None
+        for client, data in limit["clients"].items():
+            lines.append(
+                f"| limit ({limit['reports']:,} reports) | consume + decode, {client} | "
+                f"{_fmt(data['median']['events_per_s'])} events/s |"
+            )
+        lines.append(
+            f"| limit | decode only (no Kafka) | {_fmt(limit['decode_only_events_per_s'])} "
+            "events/s |"
+        )
+    agg = sc.get("aggregator")
+    if _ok(agg):
+        assert agg is not None
+        med = agg["median"]
+        n = agg["dataset"]["reports"]
+        lines += [
+            f"| aggregator, 1 worker ({n:,} reports, {agg['dataset']['crossings']:,} crossings)"
+            f" | throughput until the last window is emitted | {_fmt(med['events_per_s'])} "
+            f"events/s ({_fmt(agg.get('ratio_to_limit'), 2)} of the limit) |",
+            f"| aggregator | peak RSS / memory per active crossing | "
+            f"{_fmt(med['peak_rss_mib'])} MiB / {_fmt(med['kib_per_active_crossing'], 1)} KiB |",
+            f"| aggregator | start-up (process start to probe committed) | "
+            f"{_fmt(med['startup_s'], 1)} s |",
+        ]
+    peer = sc.get("peer")
+    if _ok(peer):
+        assert peer is not None
+        eq = peer["equality"]
+        lines += [
+            f"| peer ({peer['dataset']['reports']:,} reports, {peer['dataset']['crossings']} "
+            f"crossings) | queuewatch aggregator | {_fmt(peer['ours']['median']['events_per_s'])}"
+            " events/s |",
+            f"| peer | Quix Streams 3.28 | {_fmt(peer['peer']['median']['events_per_s'])} "
+            f"events/s (ours is {_fmt(peer['ratio_ours_to_peer'], 1)}x) |",
+            f"| peer | closed windows equal | {'yes' if eq.get('equal') else 'NO'}: "
+            f"{eq.get('compared')} compared, {eq.get('mismatched')} differ, "
+            f"{eq.get('missing_in_peer')} missing in peer, {eq.get('missing_in_ours')} "
+            "missing in ours |",
+        ]
+    elif peer:
+        lines.append(f"| peer | not measured | {peer.get('reason', '')} |")
+    sink = sc.get("sink")
+    if _ok(sink):
+        assert sink is not None
+        for table, key in (("queue_reports", "raw"), ("crossing_windows", "windows")):
+            lines.append(
+                f"| sink all, chdb ({sink[key]['rows']:,} rows) | into {table} | "
+                f"{_fmt(sink[key]['median']['rows_per_s'])} rows/s |"
+            )
+    e2e = sc.get("end_to_end")
+    if _ok(e2e):
+        assert e2e is not None
+        for rate in e2e["rates"]:
+            med = rate["median"]
+            lines.append(
+                f"| end to end, offered {rate['offered_per_s']:,}/s | p50 / p95 / p99 to "
+                f"queue_reports; to crossing_windows | {_fmt(med['queue_reports_p50_s'], 2)} / "
+                f"{_fmt(med['queue_reports_p95_s'], 2)} / {_fmt(med['queue_reports_p99_s'], 2)}"
+                f" s; {_fmt(med['crossing_windows_p50_s'], 2)} / "
+                f"{_fmt(med['crossing_windows_p95_s'], 2)} / "
+                f"{_fmt(med['crossing_windows_p99_s'], 2)} s; sustained in "
+                f"{rate['sustained_runs']}/{len(rate['runs'])} runs |"
+            )
+        lines.append(
+            f"| end to end | highest offered rate sustained | "
+            f"{_fmt(e2e['highest_sustained_per_s'])} reports/s |"
+        )
+    query = sc.get("query")
+    if _ok(query):
+        assert query is not None
+        for name, q in query["queries"].items():
+            lines.append(
+                f"| query ({query['queue_reports_rows']:,} raw reports, "
+                f"{query['crossing_windows_rows']:,} window rows) | {name} "
+                f"({q['rows_returned']} rows) | p50 {_fmt(q['p50_s'] * 1000)} ms "
+                f"(min {_fmt(q['min_s'] * 1000)}, max {_fmt(q['max_s'] * 1000)}) |"
+            )
+    failed = [k for k, v in sc.items() if v.get("status") == "failed"]
+    if failed:
+        lines += [
+            "",
+            "Failed in this run: " + ", ".join(f"{k} ({sc[k]['reason']})" for k in failed),
+        ]
+    if _ok(e2e):
+        lines += ["", f"![latency vs offered rate]({PLOT.name})"]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    """Latency percentiles against offered rate; False when there is nothing to plot."""
+    e2e = result["scenarios"].get("end_to_end")
+    if not _ok(e2e):
+        return False
+    assert e2e is not None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = [r["offered_per_s"] for r in e2e["rates"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, table in zip(axes, ("queue_reports", "crossing_windows"), strict=True):
+        for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
+            values = [r["median"][f"{table}_{q}_s"] for r in e2e["rates"]]
+            ax.plot(rates, values, style, label=q)
+        for r in e2e["rates"]:
+            if r["sustained_runs"] * 2 <= len(r["runs"]):
+                ax.axvline(r["offered_per_s"], color="red", alpha=0.2)
+        ax.set_title(f"published -> visible in {table}")
+        ax.set_xlabel("offered rate (reports/s)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    axes[0].set_ylabel("latency (s), median of runs")
+    m = result["machine"]
+    fig.suptitle(
+        f"queuewatch end to end on {m['nproc']} cores ({result['started_at'][:10]}); red: lag grew",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def render(result_path: Path, doc: Path = DOC, plot_path: Path = PLOT) -> None:
+    """Rewrite the results section of ``doc`` and the plot from ``result_path``."""
+    result = json.loads(result_path.read_text())
+    try:
+        rel = str(result_path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        rel = str(result_path)
+    block = f"{BEGIN}\n{summary(result, rel)}\n{END}"
+    text = doc.read_text() if doc.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)
+    plot(result, plot_path)
+    print(f"updated {doc} and {plot_path}")
+
+
+if __name__ == "__main__":
+    render(Path(sys.argv[1]))

@@ -1,0 +1,335 @@
+"""End to end: reports published at a fixed offered rate -> visible in ClickHouse.
+
+The whole pipeline runs as in `queuewatch up` on the embedded default: one aggregator worker
+and `queuewatch sink all` (owner of a fresh chdb folder, answering `queuewatch query`), on a
+fresh set of topics per offered rate. The harness publishes open-loop: report i is *due* at
+``t0 + i / rate`` and carries that moment as its ``observed_at``; the publisher sends what is
+due every few milliseconds (pre-encoded bytes, confluent-kafka), so a slow pipeline cannot
+slow the offered load down and hide its own latency (no coordinated omission).
+
+Latency of a report = when it became visible - when it was due:
+
+* in ``queue_reports``: ``ingested_at - observed_at``, computed by ClickHouse over every
+  report (``ingested_at`` is the insert's own clock; the row is readable right after);
+* in ``crossing_windows``: the harness asks, every ``POLL_S``, for each crossing's largest
+  ``last_observed_at`` among its 1 h windows; a report is visible once that reaches its
+  ``observed_at`` (reports of a crossing are due in order, so this is exact up to the
+  polling interval plus the query's own time, which are recorded).
+
+Sustained ("no growing lag") means: every report became visible in both tables within the
+drain time, the publisher kept up with the offered rate (>= 95 %), and the p95 latency of the
+last quarter of the run is at most twice that of the first quarter plus one second.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from benchmarks import processes
+from benchmarks.context import Context
+from benchmarks.dataset import make_crossings, make_report
+from benchmarks.kafka_setup import create_topics
+from benchmarks.replay import aggregator_starter, run_ids
+from benchmarks.scenario_sink import sink_env
+from benchmarks.stats import percentile
+from queuewatch.contract.codec import encode
+from queuewatch.contract.schemas import QUEUE_REPORT, default_registry
+
+POLL_S = 0.5
+TICK_S = 0.005
+READY_TIMEOUT_S = 240.0
+
+
+def _query(address: str, sql: str) -> list[dict[str, Any]]:
+    """Rows of ``sql`` through the owner's query endpoint (what `queuewatch query` uses)."""
+    from queuewatch.clickhouse.query_server import routed_query
+
+    body = routed_query(address, sql, "jsonl")
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+def _records(n: int, crossings: int, rate: int) -> list[dict[str, Any]]:
+    """``n`` reports round-robin over ``crossings``; observed_at is the offset from t0 (ms)."""
+    rng = random.Random(rate)
+    pool = make_crossings(crossings, rng)
+    out = []
+    for i in range(n):
+        c = pool[i % crossings]
+        rec = make_report(c, (i * 1000) // rate, rng)
+        rec["crossing_id"] = f"e2e-{c.crossing_id}"
+        out.append(rec)
+    return out
+
+
+def _encode(
+    records: list[dict[str, Any]], t0_ms: int
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[str, int]]]:
+    """Encoded reports due at t0 + their offset, and (crossing, due_ms) of each."""
+    schema = default_registry().latest(QUEUE_REPORT)
+    messages, due = [], []
+    for rec in records:
+        rec = {**rec, "observed_at": t0_ms + rec["observed_at"]}
+        messages.append((rec["crossing_id"].encode(), encode(rec, schema)))
+        due.append((rec["crossing_id"], rec["observed_at"]))
+    return messages, due
+
+
+class WindowVisibility:
+    """Polls crossing_windows and records when each report's window became visible."""
+
+    def __init__(self, address: str, due: list[tuple[str, int]]) -> None:
+        self.address = address
+        self.pending: dict[str, deque[int]] = {}
+        for crossing, t in due:
+            self.pending.setdefault(crossing, deque()).append(t)
+        self.latencies: list[tuple[int, float]] = []  # (due_ms, latency_s)
+        self.query_s: list[float] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="window-visibility", daemon=True)
+
+    @property
+    def remaining(self) -> int:
+        """Reports not yet visible."""
+        return sum(len(q) for q in self.pending.values())
+
+    def start(self) -> WindowVisibility:
+        """Start polling."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop polling."""
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        sql = (
+            "SELECT crossing_id, toUnixTimestamp64Milli(max(last_observed_at)) AS seen "
+            "FROM crossing_windows WHERE window_size = '1h' AND crossing_id LIKE 'e2e-%' "
+            "GROUP BY crossing_id"
+        )
+        while not self._stop.is_set() and self.remaining:
+            t_ask = time.time()
+            try:
+                rows = _query(self.address, sql)
+            except Exception:  # the owner may be busy starting; count and retry
+                self.errors += 1
+                self._stop.wait(POLL_S)
+                continue
+            t_seen = time.time()
+            self.query_s.append(t_seen - t_ask)
+            for row in rows:
+                queue = self.pending.get(row["crossing_id"])
+                seen = int(row["seen"])
+                while queue and queue[0] <= seen:
+                    due = queue.popleft()
+                    self.latencies.append((due, t_seen - due / 1000))
+            self._stop.wait(max(0.0, POLL_S - (time.time() - t_ask)))
+
+
+def _publish(
+    bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], due: list[tuple[str, int]]
+) -> float:
+    """Send each message when it is due; return the achieved rate (messages/s)."""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "enable.idempotence": True}
+    )
+    i, n = 0, len(messages)
+    t_first = time.time()
+    while i < n:
+        now_ms = time.time() * 1000
+        while i < n and due[i][1] <= now_ms:
+            key, value = messages[i]
+            try:
+                producer.produce(topic, value, key)
+            except BufferError:
+                producer.poll(0.01)
+                continue
+            i += 1
+        producer.poll(0)
+        time.sleep(TICK_S)
+    producer.flush(60)
+    elapsed = time.time() - t_first
+    return n / elapsed if elapsed > 0 else float(n)
+
+
+def _raw_latency(address: str, t0_ms: int, quarter_ms: int) -> dict[str, Any]:
+    """Latency quantiles of queue_reports rows, overall and per quarter of the run."""
+    lat = "(toUnixTimestamp64Milli(ingested_at) - toUnixTimestamp64Milli(observed_at)) / 1000"
+    overall = _query(
+        address,
+        f"SELECT count() AS n, quantilesExact(0.5, 0.95, 0.99)({lat}) AS q "
+        "FROM queue_reports WHERE crossing_id LIKE 'e2e-%'",
+    )[0]
+    quarters = _query(
+        address,
+        f"SELECT intDiv(toUnixTimestamp64Milli(observed_at) - {t0_ms}, {quarter_ms}) AS part, "
+        f"quantileExact(0.95)({lat}) AS p95 FROM queue_reports WHERE crossing_id LIKE 'e2e-%' "
+        "GROUP BY part ORDER BY part",
+    )
+    q = overall["q"]
+    return {
+        "visible": int(overall["n"]),
+        "p50_s": float(q[0]) if overall["n"] else None,
+        "p95_s": float(q[1]) if overall["n"] else None,
+        "p99_s": float(q[2]) if overall["n"] else None,
+        "p95_by_quarter_s": [float(r["p95"]) for r in quarters],
+    }
+
+
+def _window_latency(vis: WindowVisibility, t0_ms: int, quarter_ms: int) -> dict[str, Any]:
+    values = [lat for _, lat in vis.latencies]
+    quarters: dict[int, list[float]] = {}
+    for due, lat in vis.latencies:
+        quarters.setdefault((due - t0_ms) // quarter_ms, []).append(lat)
+    return {
+        "visible": len(values),
+        "p50_s": percentile(values, 0.5),
+        "p95_s": percentile(values, 0.95),
+        "p99_s": percentile(values, 0.99),
+        "p95_by_quarter_s": [percentile(quarters[k], 0.95) for k in sorted(quarters)],
+        "poll_interval_s": POLL_S,
+        "poll_query_p50_s": percentile(vis.query_s, 0.5),
+    }
+
+
+def _growing(by_quarter: list[float | None]) -> bool:
+    vals = [v for v in by_quarter if v is not None]
+    if len(vals) < 2:
+        return False
+    return vals[-1] > 2 * vals[0] + 1.0
+
+
+def one_rate(ctx: Context, rate: int) -> dict[str, Any]:
+    """Run the pipeline at one offered rate and measure visibility latency."""
+    plan = ctx.plan
+    topics, group = run_ids(f"e2e{rate}")
+    create_topics(ctx.bootstrap, topics.as_roles())
+    env = sink_env(ctx, topics, group, str(ctx.work / f"chdb-{group}"))
+    address = env["QUEUEWATCH_QUERY_ADDRESS"]
+    sink = processes.start(
+        f"e2e-sink-{group}", [ctx.python, "-m", "queuewatch", "sink", "all"], env, ctx.log_dir
+    )
+    agg = aggregator_starter(
+        ctx.bootstrap, topics, f"{group}-agg", ctx.work / f"home-{group}", ctx.log_dir, ctx.python
+    )()
+    try:
+        _wait_ready(address, sink, agg)
+        n = int(rate * plan.e2e_seconds)
+        records = _records(n, plan.e2e_crossings, rate)
+        # observed_at is the due time, so encoding must happen before it: time a sample and
+        # start the clock once all of it will surely be done.
+        t_sample = time.perf_counter()
+        _encode(records[:1000], 0)
+        per_record = (time.perf_counter() - t_sample) / min(1000, n)
+        t0_ms = int(time.time() * 1000 + (per_record * n * 1.5 + 2.0) * 1000)
+        messages, due = _encode(records, t0_ms)
+        del records
+        vis = WindowVisibility(address, due).start()
+        while time.time() * 1000 < t0_ms:
+            time.sleep(0.001)
+        start_delay_s = max(0.0, time.time() - t0_ms / 1000)
+        achieved = _publish(ctx.bootstrap, topics.reports, messages, due)
+        deadline = time.monotonic() + plan.e2e_drain_s
+        raw_visible = 0
+        while time.monotonic() < deadline:
+            agg.check_alive()
+            sink.check_alive()
+            raw_visible = int(
+                _query(
+                    address, "SELECT count() AS n FROM queue_reports WHERE crossing_id LIKE 'e2e-%'"
+                )[0]["n"]
+            )
+            if raw_visible >= n and vis.remaining == 0:
+                break
+            time.sleep(1.0)
+        vis.stop()
+        quarter_ms = max(1, int(plan.e2e_seconds * 1000 / 4))
+        raw = _raw_latency(address, t0_ms, quarter_ms)
+        windows = _window_latency(vis, t0_ms, quarter_ms)
+    finally:
+        agg.stop()
+        sink.stop()
+    complete = raw["visible"] >= n and windows["visible"] >= n
+    kept_up = achieved >= 0.95 * rate
+    sustained = (
+        complete
+        and kept_up
+        and not _growing(raw["p95_by_quarter_s"])
+        and not _growing(windows["p95_by_quarter_s"])
+    )
+    return {
+        "offered_per_s": rate,
+        "published": n,
+        "achieved_publish_per_s": round(achieved, 1),
+        "publisher_start_delay_s": round(start_delay_s, 3),
+        "queue_reports": raw,
+        "crossing_windows": windows,
+        "complete": complete,
+        "sustained": sustained,
+        "peak_rss_mib": {
+            "aggregator": round(agg.peak_rss / 2**20, 1),
+            "sink_all": round(sink.peak_rss / 2**20, 1),
+        },
+    }
+
+
+def _wait_ready(address: str, sink: processes.Child, agg: processes.Child) -> None:
+    """Wait until the sink answers queries and the aggregator has joined its group."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        sink.check_alive()
+        agg.check_alive()
+        try:
+            _query(address, "SELECT count() FROM crossing_windows")
+            break
+        except Exception:
+            time.sleep(0.5)
+    else:
+        raise TimeoutError(f"`queuewatch sink all` did not answer on {address}")
+    # The aggregator needs its group joined and its changelogs checked before it processes;
+    # give it the time its start-up took in the replays (measured there), at least 5 s.
+    time.sleep(5.0)
+
+
+def end_to_end(ctx: Context) -> dict[str, Any]:
+    """Every offered rate of the plan, ``runs`` times; medians per rate."""
+    plan = ctx.plan
+    per_rate: list[dict[str, Any]] = []
+    for rate in plan.e2e_rates:
+        runs = [one_rate(ctx, rate) for _ in range(plan.runs)]
+        per_rate.append(_summarize(rate, runs))
+    sustained = [r["offered_per_s"] for r in per_rate if r["sustained_runs"] * 2 > len(r["runs"])]
+    return {
+        "what": "publish at an offered rate -> visible in queue_reports and crossing_windows "
+        "(aggregator 1 worker + sink all on chdb, all on this machine)",
+        "duration_s": plan.e2e_seconds,
+        "crossings": plan.e2e_crossings,
+        "rates": per_rate,
+        "highest_sustained_per_s": max(sustained) if sustained else None,
+    }
+
+
+def _summarize(rate: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def med(table: str, field: str) -> float | None:
+        vals = [r[table][field] for r in runs if r[table][field] is not None]
+        return round(sorted(vals)[len(vals) // 2], 3) if vals else None
+
+    return {
+        "offered_per_s": rate,
+        "runs": runs,
+        "sustained_runs": sum(1 for r in runs if r["sustained"]),
+        "median": {
+            f"{table}_{field}": med(table, field)
+            for table in ("queue_reports", "crossing_windows")
+            for field in ("p50_s", "p95_s", "p99_s")
+        },
+    }

@@ -1,0 +1,128 @@
+"""Scenarios that replay a pre-built log through a processor.
+
+* ``aggregator``: `queuewatch aggregator`, 1 worker, N reports over many crossings: events/s
+  until the last window is emitted, peak memory, memory per active crossing; ratio to the
+  limit.
+* ``peer``: the same (smaller) log through ours and through the Quix Streams peer; the
+  ratio of their throughputs, and the closed windows of both compared field by field.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from benchmarks import peer_env
+from benchmarks.compare import compare
+from benchmarks.context import Context
+from benchmarks.dataset import DatasetSpec, dataset
+from benchmarks.replay import (
+    Replay,
+    aggregator_starter,
+    peer_starter,
+    probe_message,
+    replay,
+    run_ids,
+)
+from benchmarks.stats import median_of_runs
+
+
+def _aggregator_replay(
+    ctx: Context, messages: list[tuple[bytes, bytes]], probe_at: int, keep: bool
+) -> Replay:
+    topics, group = run_ids("agg")
+    home = ctx.work / f"home-{group}"
+    return replay(
+        name="queuewatch aggregator",
+        bootstrap=ctx.bootstrap,
+        topics=topics,
+        group=group,
+        start=aggregator_starter(ctx.bootstrap, topics, group, home, ctx.log_dir, ctx.python),
+        messages=messages,
+        probe=probe_message(probe_at),
+        output_topic=topics.windows,
+        keep_windows=keep,
+    )
+
+
+def aggregator(ctx: Context) -> dict[str, Any]:
+    """Throughput and memory of one aggregator worker on the big log."""
+    plan = ctx.plan
+    ds = dataset(DatasetSpec(plan.aggregator_reports, plan.aggregator_crossings))
+    messages = ds.load()
+    runs = []
+    for _ in range(plan.runs):
+        result = _aggregator_replay(ctx, messages, ds.start_ms, keep=False)
+        figures = result.figures()
+        growth = max(result.peak_rss_mib - result.rss_ready_mib, 0.0)
+        figures["kib_per_active_crossing"] = round(growth * 1024 / plan.aggregator_crossings, 1)
+        runs.append(figures)
+    out: dict[str, Any] = {
+        "what": "queuewatch aggregator, 1 worker, replaying a pre-loaded log until the last "
+        "window is emitted",
+        "dataset": {
+            "reports": len(messages),
+            "crossings": plan.aggregator_crossings,
+            "span_hours": ds.spec.span_hours,
+            "duplicates": ds.duplicates,
+        },
+        "runs": runs,
+        "median": median_of_runs(runs),
+    }
+    limit = ctx.results.get("limit", {}).get("limit_events_per_s")
+    if limit:
+        out["ratio_to_limit"] = round(out["median"]["events_per_s"] / limit, 3)
+    return out
+
+
+def peer(ctx: Context) -> dict[str, Any]:
+    """Ours against the Quix Streams peer on the same log: speed and equality of outputs."""
+    plan = ctx.plan
+    python = peer_env.peer_python(install=plan.install_peer)
+    if python is None:
+        return {
+            "status": "skipped",
+            "reason": f"the Quix peer's venv is not built ({peer_env.VENV}); "
+            "`python -m benchmarks.run` builds it unless --no-peer-install is given",
+        }
+    ds = dataset(DatasetSpec(plan.peer_reports, plan.peer_crossings))
+    messages = ds.load()
+    ours_runs, peer_runs = [], []
+    equality: dict[str, Any] = {}
+    for i in range(plan.runs):
+        keep = i == 0
+        ours = _aggregator_replay(ctx, messages, ds.start_ms, keep=keep)
+        topics, group = run_ids("quix")
+        theirs = replay(
+            name="Quix Streams peer",
+            bootstrap=ctx.bootstrap,
+            topics=topics,
+            group=group,
+            start=peer_starter(
+                ctx.bootstrap, topics, group, ctx.work / f"quix-{group}", ctx.log_dir, str(python)
+            ),
+            messages=messages,
+            probe=probe_message(ds.start_ms),
+            output_topic=topics.windows,
+            keep_windows=keep,
+        )
+        if keep:
+            equality = compare(ours.windows, theirs.windows, sample=5000, seed=random.randrange(99))
+        ours_runs.append(ours.figures())
+        peer_runs.append(theirs.figures())
+    ours_median = median_of_runs(ours_runs)
+    peer_median = median_of_runs(peer_runs)
+    return {
+        "what": "the same log through queuewatch aggregator and through the Quix Streams peer "
+        "(benchmarks/peers/quix_aggregator.py), each 1 process",
+        "dataset": {
+            "reports": len(messages),
+            "crossings": plan.peer_crossings,
+            "span_hours": ds.spec.span_hours,
+            "duplicates": ds.duplicates,
+        },
+        "ours": {"runs": ours_runs, "median": ours_median},
+        "peer": {"runs": peer_runs, "median": peer_median},
+        "ratio_ours_to_peer": round(ours_median["events_per_s"] / peer_median["events_per_s"], 2),
+        "equality": equality,
+    }

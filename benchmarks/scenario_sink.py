@@ -1,0 +1,131 @@
+"""Sink throughput: rows per second each ClickHouse sink writes (and commits) on this machine.
+
+`queuewatch sink all` (the embedded layout: one process owns a fresh chdb folder and runs
+both sinks) replays N reports into ``queue_reports``, then, in a second process on a fresh
+folder, N window records into ``crossing_windows``. The replay protocol is the one of
+benchmarks/replay.py: the clock starts when the sink is up and ends when its consumer group
+has committed everything, which the sink does only after ClickHouse accepted the rows.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks import processes
+from benchmarks.context import Context
+from benchmarks.dataset import DatasetSpec, dataset
+from benchmarks.replay import Topics, probe_message, replay, run_ids
+from benchmarks.stats import median_of_runs
+from queuewatch.contract.codec import encode
+from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
+from queuewatch.platform.broker import free_port
+
+HOUR_MS = 3_600_000
+
+
+def sink_env(ctx: Context, topics: Topics, group: str, folder: str) -> dict[str, str]:
+    """Settings of a `queuewatch sink all` process for one replay."""
+    return {
+        "QUEUEWATCH_HOME": str(ctx.work / f"home-{group}"),
+        "QUEUEWATCH_KAFKA_BOOTSTRAP": ctx.bootstrap,
+        "QUEUEWATCH_CLICKHOUSE_URL": f"chdb://{folder}",
+        "QUEUEWATCH_REPORTS_TOPIC": topics.reports,
+        "QUEUEWATCH_DLQ_TOPIC": topics.dlq,
+        "QUEUEWATCH_WINDOWS_TOPIC": topics.windows,
+        "QUEUEWATCH_RAW_SINK_GROUP": f"{group}-raw",
+        "QUEUEWATCH_WINDOW_SINK_GROUP": f"{group}-windows",
+        "QUEUEWATCH_QUERY_ADDRESS": f"127.0.0.1:{free_port()}",
+        "QUEUEWATCH_LOG_LEVEL": "WARNING",
+    }
+
+
+def sink_starter(ctx: Context, env: dict[str, str], name: str) -> Callable[[], processes.Child]:
+    """Starts `queuewatch sink all` with ``env``."""
+    argv = [ctx.python, "-m", "queuewatch", "sink", "all"]
+    return lambda: processes.start(name, argv, env, ctx.log_dir)
+
+
+def window_messages(n: int, crossings: int, seed: int = 3) -> list[tuple[bytes, bytes]]:
+    """``n`` encoded CrossingWindow records over ``crossings`` crossings (distinct keys)."""
+    rng = random.Random(seed)
+    schema = default_registry().latest(CROSSING_WINDOW)
+    base = 1_700_000_000_000 // HOUR_MS * HOUR_MS
+    out = []
+    for i in range(n):
+        crossing = f"sk-x{i % crossings:04d}"
+        start = base + (i // crossings) * 300_000
+        wait = rng.randrange(5, 3000)
+        rec = {
+            "crossing_id": crossing, "from_country": "RU", "to_country": "KZ",
+            "traffic_class": "car", "window_size": "1h", "window_start": start,
+            "window_end": start + HOUR_MS, "reports": rng.randrange(1, 200),
+            "sources": rng.randrange(1, 6), "wait_minutes_min": wait // 2,
+            "wait_minutes_max": wait * 2, "wait_minutes_avg": float(wait),
+            "wait_minutes_p50": float(wait), "wait_minutes_p90": wait * 1.5,
+            "wait_minutes_last": wait, "queue_vehicles_max": 900, "queue_vehicles_avg": 700.5,
+            "queue_vehicles_last": 800, "queue_length_km_max": 12.5,
+            "queue_length_km_avg": 8.25, "queue_length_km_last": 9.0, "status_last": "delay",
+            "last_observed_at": start + 1000, "version": 1, "updated_at": start + 2000,
+        }  # fmt: skip
+        out.append((crossing.encode(), encode(rec, schema)))
+    return out
+
+
+def sink(ctx: Context) -> dict[str, Any]:
+    """Rows/s of the raw sink and of the window sink, ``runs`` times each."""
+    plan = ctx.plan
+    ds = dataset(DatasetSpec(plan.sink_reports, plan.aggregator_crossings))
+    reports = ds.load()
+    windows = window_messages(plan.sink_windows, plan.aggregator_crossings)
+    raw_runs, window_runs = [], []
+    for _ in range(plan.runs):
+        topics, group = run_ids("sink")
+        env = sink_env(ctx, topics, group, str(ctx.work / f"chdb-{group}"))
+        raw = replay(
+            name="queuewatch sink all (raw)",
+            bootstrap=ctx.bootstrap,
+            topics=topics,
+            group=f"{group}-raw",
+            start=sink_starter(ctx, env, f"sink-raw-{group}"),
+            messages=reports,
+            probe=probe_message(ds.start_ms),
+            output_topic=None,
+        )
+        raw_runs.append(_rows(raw.figures()))
+        topics, group = run_ids("wsink")
+        env = sink_env(ctx, topics, group, str(ctx.work / f"chdb-{group}"))
+        win = replay(
+            name="queuewatch sink all (windows)",
+            bootstrap=ctx.bootstrap,
+            topics=topics,
+            group=f"{group}-windows",
+            start=sink_starter(ctx, env, f"sink-windows-{group}"),
+            messages=windows,
+            probe=window_messages(1, 1, seed=9)[0],
+            output_topic=None,
+            input_topic=topics.windows,
+        )
+        window_runs.append(_rows(win.figures()))
+    return {
+        "what": "`queuewatch sink all` on a fresh chdb folder, 1 process; rows written and "
+        "committed per second",
+        "raw": {"rows": len(reports), "runs": raw_runs, "median": median_of_runs(raw_runs)},
+        "windows": {
+            "rows": len(windows),
+            "runs": window_runs,
+            "median": median_of_runs(window_runs),
+        },
+    }
+
+
+def _rows(figures: dict[str, Any]) -> dict[str, Any]:
+    """Replay figures renamed for a sink (rows, not events)."""
+    return {
+        "rows": figures["reports"],
+        "seconds": figures["seconds"],
+        "rows_per_s": figures["events_per_s"],
+        "startup_s": figures["startup_s"],
+        "peak_rss_mib": figures["peak_rss_mib"],
+    }

@@ -1,0 +1,110 @@
+"""The benchmark harness keeps working: `python -m benchmarks.run --smoke` end to end.
+
+It starts its own broker and the real processors with tiny inputs. The test checks the
+result file's shape and that each scenario really ran (counts of what went through), never
+timings: the figures of a smoke run mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from queuewatch.resources import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+SCENARIOS = ["limit", "aggregator", "peer", "sink", "end_to_end", "query"]
+
+
+@pytest.fixture(scope="module")
+def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Run the smoke harness once into a temporary results folder and load its file."""
+    out = tmp_path_factory.mktemp("bench-results")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--no-peer-install", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    files = sorted(Path(out).glob("*-smoke.json"))
+    assert files, f"no result file written; exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    result: dict[str, Any] = json.loads(files[-1].read_text())
+    result["_exit_code"] = proc.returncode
+    result["_stderr"] = proc.stderr[-3000:]
+    return result
+
+
+def test_smoke_run_writes_a_result_file_with_machine_and_every_scenario(
+    smoke_result: dict[str, Any],
+) -> None:
+    assert smoke_result["schema"] == "queuewatch-bench/1"
+    assert smoke_result["mode"] == "smoke"
+    machine = smoke_result["machine"]
+    assert machine["nproc"] >= 1
+    assert machine["memory_gib"] > 0
+    assert machine["cpu_model"]
+    assert len(machine["load_average_at_start"]) == 3
+    assert set(smoke_result["scenarios"]) == set(SCENARIOS)
+
+
+def test_smoke_run_has_no_failed_scenario(smoke_result: dict[str, Any]) -> None:
+    failed = {
+        name: entry.get("reason")
+        for name, entry in smoke_result["scenarios"].items()
+        if entry["status"] == "failed"
+    }
+    assert not failed, f"{failed}\n{smoke_result['_stderr']}"
+    assert smoke_result["_exit_code"] == 0
+
+
+def test_smoke_limit_reads_every_preloaded_report_with_each_client(
+    smoke_result: dict[str, Any],
+) -> None:
+    limit = smoke_result["scenarios"]["limit"]
+    assert limit["reports"] == smoke_result["plan"]["limit_reports"]
+    assert {"kafka-python", "aiokafka"} <= set(limit["clients"])
+    assert limit["fastest_client"] in limit["clients"]
+    assert limit["limit_events_per_s"] > 0
+
+
+def test_smoke_aggregator_replay_emits_windows(smoke_result: dict[str, Any]) -> None:
+    agg = smoke_result["scenarios"]["aggregator"]
+    run = agg["runs"][0]
+    assert run["reports"] == smoke_result["plan"]["aggregator_reports"]
+    assert run["output_messages"] > 0
+    assert run["peak_rss_mib"] > 0
+
+
+def test_smoke_end_to_end_makes_every_report_visible_in_both_tables(
+    smoke_result: dict[str, Any],
+) -> None:
+    e2e = smoke_result["scenarios"]["end_to_end"]
+    run = e2e["rates"][0]["runs"][0]
+    assert run["queue_reports"]["visible"] == run["published"]
+    assert run["crossing_windows"]["visible"] == run["published"]
+
+
+def test_smoke_query_and_sink_scenarios_count_their_rows(smoke_result: dict[str, Any]) -> None:
+    plan = smoke_result["plan"]
+    query = smoke_result["scenarios"]["query"]
+    assert query["queue_reports_rows"] == plan["query_reports"]
+    assert query["queries"]["crossing_status"]["rows_returned"] == 2 * plan["query_crossings"]
+    sink = smoke_result["scenarios"]["sink"]
+    assert sink["raw"]["runs"][0]["rows"] == plan["sink_reports"]
+    assert sink["windows"]["runs"][0]["rows"] == plan["sink_windows"]
+
+
+def test_smoke_peer_matches_ours_when_its_venv_exists(smoke_result: dict[str, Any]) -> None:
+    peer = smoke_result["scenarios"]["peer"]
+    if peer["status"] == "skipped":
+        pytest.skip(peer["reason"])
+    assert peer["equality"]["compared"] > 0
+    assert peer["equality"]["mismatched"] == 0
