@@ -49,3 +49,11 @@ def test_the_first_of_several_bootstrap_servers_is_used() -> None:
     assert split_host_port("a:1,b:2") == ("a", 1)
     assert split_host_port("[::1]:9093") == ("::1", 9093)
     assert split_host_port("broker") == ("broker", 9092)
+
+
+def test_cluster_ids_never_start_with_a_dash_the_storage_tool_would_read_as_an_option() -> None:
+    from queuewatch.platform.broker import _random_cluster_id
+
+    ids = [_random_cluster_id() for _ in range(2000)]  # a dash would appear ~30 times
+    assert not any(cid.startswith("-") for cid in ids)
+    assert all(len(cid) == 22 for cid in ids)
