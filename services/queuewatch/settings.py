@@ -155,6 +155,11 @@ class SinkSettings(BaseSettings):
         description="Cap of the pause between write attempts, so a recovered ClickHouse is "
         "noticed within this many seconds.",
     )
+    sink_session_timeout_s: float = Field(
+        10.0,
+        description="Kafka session timeout of the sink consumers: a sink killed hard holds its "
+        "partitions this long before a restarted or other member takes them over.",
+    )
 
 
 class ProducerSettings(BaseSettings):

@@ -4,9 +4,11 @@ end with every accepted report exactly once."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from kafka import KafkaProducer
 
 from tests.integration.test_sinks_harness import (
     CATCH_UP_TIMEOUT_S,
@@ -35,7 +37,7 @@ def test_sigkill_mid_batch_then_restart_loses_and_doubles_no_report(
         QUEUEWATCH_SINK_BATCH_ROWS="200",
         QUEUEWATCH_SINK_BATCH_SECONDS="0.3",
     )
-    reports = make_reports(6000, seed=11)
+    reports = make_reports(4000, seed=11)
     windows, reference = make_windows(keys=30, versions=4, seed=11)
     half = len(reports.messages) // 2
     publish(bootstrap, env.reports_topic, reports.messages[:half])
@@ -46,8 +48,16 @@ def test_sigkill_mid_batch_then_restart_loses_and_doubles_no_report(
 
     # Keep reports flowing while the sink works, then kill it in the middle of that.
     def feed() -> None:
-        for i in range(half, len(reports.messages), 100):
-            publish(bootstrap, env.reports_topic, reports.messages[i : i + 100])
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        try:
+            for i, (key, value) in enumerate(reports.messages[half:]):
+                producer.send(env.reports_topic, key=key, value=value)
+                if i % 100 == 99:
+                    producer.flush()
+                    time.sleep(0.02)
+            producer.flush()
+        finally:
+            producer.close()
 
     feeder = threading.Thread(target=feed)
     feeder.start()

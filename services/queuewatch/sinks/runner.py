@@ -86,6 +86,7 @@ def build_checkpointer(
         spec.group,
         on_revoke=lambda: holder[0].revoke() if holder else None,
         client_id=f"queuewatch-{spec.kind}-sink",
+        session_timeout_s=settings.sink_session_timeout_s,
     )
     checkpointer = Checkpointer(
         name=f"{spec.kind}-sink",

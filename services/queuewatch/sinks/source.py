@@ -65,6 +65,7 @@ class KafkaSource:
         group: str,
         on_revoke: Callable[[], None] | None = None,
         client_id: str = "queuewatch-sink",
+        session_timeout_s: float = 10.0,
     ) -> None:
         from kafka import KafkaConsumer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -82,6 +83,8 @@ class KafkaSource:
             # Room for a ClickHouse outage of a few minutes between polls would be needed
             # without pause(); with it we poll every backoff step, so the default is fine.
             max_poll_interval_ms=300_000,
+            session_timeout_ms=int(session_timeout_s * 1000),
+            heartbeat_interval_ms=max(500, int(session_timeout_s * 1000 / 3)),
         )
         revoke = on_revoke
 
