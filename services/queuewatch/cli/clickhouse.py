@@ -76,37 +76,17 @@ def query(
     ] = FormatChoice.table,
 ) -> None:
     """Run read-only SQL against the projections (ClickHouse refuses writes: readonly=1)."""
-    from queuewatch.clickhouse import ownership
-    from queuewatch.clickhouse.client import chdb_folder, is_embedded
-    from queuewatch.clickhouse.query import readonly_client, run_query
-    from queuewatch.clickhouse.query_server import routed_query
+    from queuewatch.clickhouse.query import query_projections
     from queuewatch.errors import QueuewatchError
     from queuewatch.settings import CommonSettings
 
     common = CommonSettings()
     setup_logging("WARNING")
     text = sys.stdin.read() if sql == "-" else sql
-    url = common.resolved_clickhouse_url
     try:
-        owner = ownership.current_owner(chdb_folder(url)) if is_embedded(url) else None
-        if owner is not None and owner.query_address:
-            body = routed_query(owner.query_address, text, output.value)
-        elif owner is not None:
-            raise fail(
-                f"the embedded ClickHouse folder is open in process {owner.pid}, which does "
-                "not answer queries (it may be starting or migrating); retry in a moment"
-            )
-        else:
-            if is_embedded(url) and not chdb_folder(url).is_dir():
-                raise fail(
-                    f"no embedded ClickHouse at {chdb_folder(url)}; run `queuewatch migrate` "
-                    "or `queuewatch up` first, or set QUEUEWATCH_CLICKHOUSE_URL"
-                )
-            client = readonly_client(url, common.clickhouse_database)
-            try:
-                body = run_query(client, text, output.value)
-            finally:
-                client.close()
+        body = query_projections(
+            common.resolved_clickhouse_url, common.clickhouse_database, text, output.value
+        )
     except QueuewatchError as exc:
         raise fail(exc) from None
     sys.stdout.buffer.write(body)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors, connect
-from queuewatch.clickhouse.exceptions import ClickHouseError
+from queuewatch.clickhouse.exceptions import ClickHouseError, QueryServerError
+from queuewatch.errors import ConfigurationError
 
 READONLY = 164
 
@@ -35,6 +36,38 @@ READONLY_SETTINGS: dict[str, Any] = {
 def readonly_client(url: str, database: str) -> Any:
     """A client whose session refuses every statement that writes or changes settings."""
     return connect(url, database=database, settings=dict(READONLY_SETTINGS))
+
+
+def query_projections(url: str, database: str, sql: str, output: OutputFormat) -> bytes:
+    """Run read-only ``sql`` wherever the data is; what `queuewatch query` (and status) use.
+
+    Embedded: routed to the process that owns the folder when one runs, else the folder is
+    opened here. Server: a read-only session on it.
+    """
+    from queuewatch.clickhouse import ownership
+    from queuewatch.clickhouse.client import chdb_folder, is_embedded
+    from queuewatch.clickhouse.query_server import routed_query
+
+    if is_embedded(url):
+        folder = chdb_folder(url)
+        owner = ownership.current_owner(folder)
+        if owner is not None:
+            if not owner.query_address:
+                raise QueryServerError(
+                    f"the embedded ClickHouse folder is open in process {owner.pid}, which "
+                    "does not answer queries (it may be starting or migrating); retry in a moment"
+                )
+            return routed_query(owner.query_address, sql, output)
+        if not folder.is_dir():
+            raise ConfigurationError(
+                f"no embedded ClickHouse at {folder}; run `queuewatch migrate` or "
+                "`queuewatch up` first, or set QUEUEWATCH_CLICKHOUSE_URL"
+            )
+    client = readonly_client(url, database)
+    try:
+        return run_query(client, sql, output)
+    finally:
+        client.close()
 
 
 def run_query(client: Any, sql: str, output: OutputFormat) -> bytes:
