@@ -158,6 +158,13 @@ def test_query_without_an_owner_opens_the_folder_itself(tmp_path: Path) -> None:
     assert done.stdout.splitlines() == ['"n"', "0"]
 
 
+def test_query_before_migrate_says_to_migrate_first(tmp_path: Path) -> None:
+    (tmp_path / "clickhouse").mkdir()
+    done = queuewatch(tmp_path, "query", "SELECT 1")
+    assert done.returncode == 1
+    assert "run `queuewatch migrate`" in done.stderr
+
+
 def test_query_on_a_missing_folder_says_to_migrate_first(tmp_path: Path) -> None:
     done = queuewatch(tmp_path / "nothing-here", "query", "SELECT 1")
     assert done.returncode == 1
@@ -181,9 +188,10 @@ def test_folder_held_by_another_process_gives_a_one_line_error(tmp_path: Path) -
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         done = queuewatch(tmp_path, "query", "SELECT 1")
-        errors = [line for line in done.stderr.splitlines() if line.startswith("queuewatch:")]
         assert done.returncode == 1
-        assert len(errors) == 1 and "open in another process" in errors[0]
+        assert done.stderr.count("\n") == 1, done.stderr  # one line, no engine noise
+        assert done.stderr.startswith("queuewatch: error:")
+        assert "open in another process" in done.stderr
     finally:
         holder.kill()
         holder.wait(30)

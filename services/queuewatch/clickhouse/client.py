@@ -9,6 +9,7 @@ can tell an outage (retry) from a bug (stop).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import re
 import threading
 from collections.abc import Iterator
@@ -100,9 +101,40 @@ def connect(url: str, database: str | None = None, settings: dict[str, Any] | No
     if is_embedded(url):
         folder = chdb_folder(url)
         folder.mkdir(parents=True, exist_ok=True)
+        if folder not in _OPENED_HERE:
+            _refuse_if_open_elsewhere(folder)
         url = f"chdb://{folder}"
     with ENGINE_LOCK, clickhouse_errors(f"connecting to {redact(url)}"):
-        return clickhouse_connect.get_client(dsn=url, database=database, settings=settings)
+        client = clickhouse_connect.get_client(dsn=url, database=database, settings=settings)
+    if is_embedded(url):
+        _OPENED_HERE.add(chdb_folder(url))
+    return client
+
+
+#: Embedded folders this process has opened: its own engine holds their lock, so the check
+#: below would see this very process as "another" one.
+_OPENED_HERE: set[Path] = set()
+
+
+def _refuse_if_open_elsewhere(folder: Path) -> None:
+    """Fail with one clear line when another process has the engine folder open.
+
+    The engine locks ``<folder>/status`` with flock while it runs. Checking that lock first
+    spares the user the engine's own multi-line complaint on stderr.
+    """
+    status = folder / "status"
+    if not status.exists():
+        return
+    with status.open("rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EngineBusyError(
+                f"the embedded ClickHouse folder {folder} is open in another process "
+                "(chdb allows one process per folder) that does not answer `queuewatch "
+                "query`; stop that process and retry"
+            ) from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def redact(url: str) -> str:

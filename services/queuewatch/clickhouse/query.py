@@ -14,6 +14,7 @@ from queuewatch.clickhouse.exceptions import ClickHouseError, QueryServerError
 from queuewatch.errors import ConfigurationError
 
 READONLY = 164
+UNKNOWN_DATABASE = 81
 
 OutputFormat = Literal["table", "jsonl", "csv"]
 
@@ -35,7 +36,18 @@ READONLY_SETTINGS: dict[str, Any] = {
 
 def readonly_client(url: str, database: str) -> Any:
     """A client whose session refuses every statement that writes or changes settings."""
-    return connect(url, database=database, settings=dict(READONLY_SETTINGS))
+    try:
+        return connect(url, database=database, settings=dict(READONLY_SETTINGS))
+    except ClickHouseError as exc:
+        if exc.code == UNKNOWN_DATABASE:
+            raise ClickHouseError(
+                f"database {database} does not exist yet; run `queuewatch migrate` (or "
+                "`queuewatch up`) first, or check QUEUEWATCH_CLICKHOUSE_DATABASE",
+                exc.code,
+                exc.name,
+                retryable=False,
+            ) from exc
+        raise
 
 
 def query_projections(url: str, database: str, sql: str, output: OutputFormat) -> bytes:
