@@ -6,8 +6,8 @@ commands so that `queuewatch --help` answers at once.
 
 from __future__ import annotations
 
-from queuewatch.cli.app import app
 from queuewatch.cli import clickhouse, platform, processors, producers  # noqa: F401  (registers)
+from queuewatch.cli.app import app
 
 
 def main() -> None:
