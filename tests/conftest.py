@@ -25,7 +25,9 @@ def kafka_libs() -> Path:
 
 
 @pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory, kafka_libs: Path) -> Iterator[LocalBroker]:
+def kafka_broker(
+    tmp_path_factory: pytest.TempPathFactory, kafka_libs: Path
+) -> Iterator[LocalBroker]:
     """A real Apache Kafka broker (KRaft, single node) for the whole test session."""
     broker = LocalBroker(
         data_root=tmp_path_factory.mktemp("kafka"),
