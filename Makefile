@@ -32,7 +32,7 @@ $(LIBS)/.fetched: infra/kafka/pom.xml
 	  "apt-get install openjdk-17-jre-headless"; exit 1; }
 	@command -v mvn >/dev/null || { echo "mvn (Apache Maven) is needed to fetch the Kafka" \
 	  "broker: apt-get install maven"; exit 1; }
-	mvn -q -B -f infra/kafka/pom.xml package
+	mvn -q -B -Dstyle.color=never -f infra/kafka/pom.xml package
 	@touch $@
 
 broker: $(LIBS)/.fetched ## Fetch the Apache Kafka broker's jars with Maven (once)

@@ -198,3 +198,18 @@ def test_status_without_a_broker_is_unhealthy_and_says_how_to_start_one(tmp_path
     report = json.loads(result.stdout)
     assert report["healthy"] is False and report["broker_reachable"] is False
     assert any("queuewatch up" in p for p in report["problems"])
+
+
+def test_failed_migrations_stop_the_broker_already_started_and_leave_nothing(
+    tmp_path: Path, kafka_libs: Path
+) -> None:
+    home = tmp_path / "home"
+    # A ClickHouse server URL where nothing listens: the broker starts, then migrate fails.
+    env = up_env(home, kafka_libs, QUEUEWATCH_CLICKHOUSE_URL=f"http://127.0.0.1:{free_port()}")
+    result = run_up(env, timeout_s=240)
+    assert result.returncode == 1
+    assert "ClickHouse migrations failed:" in error_line(result)
+    assert "starting the Kafka broker" in result.stderr  # it did get that far
+    assert (home / "kafka" / "data" / "meta.properties").exists()
+    assert not (home / "kafka" / "broker.pid").exists()
+    assert_nothing_left(home)

@@ -220,12 +220,18 @@ class UpRun:
             env=self._child_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
+            text=True,
             start_new_session=True,
         )
         deadline = time.monotonic() + self.supervisor_settings.migrate_timeout_s
         try:
-            while proc.poll() is None:
+            while True:
+                try:
+                    out, err = proc.communicate(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
                 if self._stop.is_set():
                     raise StartCancelled("stop requested while migrating")
                 if time.monotonic() > deadline:
@@ -234,17 +240,18 @@ class UpRun:
                         f"{self.supervisor_settings.migrate_timeout_s:.0f} s; run it by hand "
                         "to see where it waits"
                     )
-                time.sleep(0.2)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        output = (proc.stdout.read() if proc.stdout else b"").decode(errors="replace")
         if proc.returncode != 0:
-            lines = [line for line in output.splitlines() if line.strip()]
-            last = lines[-1] if lines else f"exit status {proc.returncode}"
-            raise MigrationError(f"ClickHouse migrations failed: {last}")
-        for line in output.splitlines():
+            lines = [line for line in (err + out).splitlines() if line.strip()]
+            errors = [line for line in lines if line.startswith("queuewatch: error:")]
+            last = (errors or lines or [f"exit status {proc.returncode}"])[-1]
+            raise MigrationError(
+                f"ClickHouse migrations failed: {last.removeprefix('queuewatch: error: ')}"
+            )
+        for line in out.splitlines():  # its summary; its log lines stay on stderr
             if line.strip():
                 log.info("migrate: %s", line.strip())
 
