@@ -41,7 +41,7 @@ def test_text_report_names_each_group_lag_and_the_verdict() -> None:
     text = render_text(report)
     assert "group agg on queue-reports: lag 42, 1 members (Stable)" in text
     assert "FAIL topic crossing-windows missing" in text
-    assert text.splitlines()[-1].startswith("UNHEALTHY: topic crossing-windows is missing")
+    assert text.splitlines()[-2:] == ["UNHEALTHY:", "  - topic crossing-windows is missing"]
 
 
 def test_printed_clickhouse_urls_hide_the_password() -> None:

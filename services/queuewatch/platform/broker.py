@@ -8,6 +8,7 @@ storage is formatted only when it was never formatted before.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -86,28 +87,42 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def quiet_kafka_client_logs() -> Iterator[None]:
+    """Silence kafka-python while probing: a refused connection is an answer here, not news,
+    and its retry chatter would bury the one-line error the person needs."""
+    client_log = logging.getLogger("kafka")
+    previous = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client_log.setLevel(previous)
+
+
 def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
     """True when a Kafka broker answers a metadata request at ``bootstrap``."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            request_timeout_ms=int(timeout_s * 1000),
-            # Without it a silent port holds the probe for the client's 30 s default.
-            bootstrap_timeout_ms=int(timeout_s * 1000),
-            client_id="queuewatch-probe",
-        )
-    except (KafkaError, OSError):
-        return False
-    try:
-        admin.describe_cluster()
-        return True
-    except (KafkaError, OSError):
-        return False
-    finally:
-        admin.close()
+    with quiet_kafka_client_logs():
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                request_timeout_ms=int(timeout_s * 1000),
+                # Without it a silent port holds the probe for the client's 30 s default.
+                bootstrap_timeout_ms=int(timeout_s * 1000),
+                client_id="queuewatch-probe",
+            )
+        except (KafkaError, OSError):
+            return False
+        try:
+            admin.describe_cluster()
+            return True
+        except (KafkaError, OSError):
+            return False
+        finally:
+            admin.close()
 
 
 def java_version(java: str = "java") -> int:

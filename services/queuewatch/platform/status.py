@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from queuewatch.platform.broker import quiet_kafka_client_logs
 from queuewatch.platform.home import lock_holder
 from queuewatch.platform.processes import pid_alive
 from queuewatch.settings import CommonSettings
@@ -103,7 +104,8 @@ def collect(settings: CommonSettings, query_timeout_s: float = 60.0) -> StatusRe
         kafka_bootstrap=settings.kafka_bootstrap,
         clickhouse_url=_redact(settings.resolved_clickhouse_url),
     )
-    _kafka_status(settings, report)
+    with quiet_kafka_client_logs():  # failures end up in the report, worded for a person
+        _kafka_status(settings, report)
     _clickhouse_status(settings, report, query_timeout_s)
     _supervisor_status(settings.home, report)
     return report
@@ -216,7 +218,8 @@ def _clickhouse_status(settings: CommonSettings, report: StatusReport, timeout_s
         return
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
-        report.clickhouse_error = lines[-1] if lines else f"exit status {result.returncode}"
+        last = lines[-1] if lines else f"exit status {result.returncode}"
+        report.clickhouse_error = last.removeprefix("queuewatch: error: ")
         report.problems.append(f"ClickHouse: {report.clickhouse_error}")
         return
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
@@ -285,7 +288,11 @@ def render_text(report: StatusReport) -> str:
                 f"{mark(ok)} {child['name']} pid {child.get('pid')}, "
                 f"{child.get('restarts', 0)} restarts"
             )
-    out.append("healthy" if report.healthy else "UNHEALTHY: " + "; ".join(report.problems))
+    if report.healthy:
+        out.append("healthy")
+    else:
+        out.append("UNHEALTHY:")
+        out.extend(f"  - {problem}" for problem in report.problems)
     return "\n".join(out)
 
 

@@ -300,6 +300,8 @@ class UpRun:
             self.supervisor.write_state()
 
     def _shutdown(self, home: Path) -> None:
+        if self.supervisor is None and self.broker is None:
+            return  # nothing was started: the error (if any) is the whole story
         log.info("stopping")
         try:
             if self.supervisor is not None:
