@@ -70,6 +70,10 @@ def test_one_partition_and_twelve_partitions_give_the_same_windows(
         finally:
             agg.stop()
             reader.close()
-        finals.append({k: {n: v for n, v in row.items() if n != "updated_at"}
-                       for k, row in reader.newest.items()})
+        finals.append(
+            {
+                k: {n: v for n, v in row.items() if n != "updated_at"}
+                for k, row in reader.newest.items()
+            }
+        )
     assert finals[0] == finals[1]

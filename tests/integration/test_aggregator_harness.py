@@ -167,8 +167,14 @@ def reference_windows(valid_in_order: dict[str, list[dict[str, Any]]]) -> dict[t
                 start = (t // step) * step
                 while start + size > t:  # every aligned window containing t
                     if watermark is None or start + size + GRACE > watermark:
-                        key = (cid, rec["from_country"], rec["to_country"],
-                               rec["traffic_class"], name, start)
+                        key = (
+                            cid,
+                            rec["from_country"],
+                            rec["to_country"],
+                            rec["traffic_class"],
+                            name,
+                            start,
+                        )
                         buckets.setdefault(key, []).append((seq, rec))
                     start -= step
             watermark = t if watermark is None else max(watermark, t)
@@ -187,7 +193,9 @@ def _expected(key: tuple, items: list[tuple[int, dict[str, Any]]]) -> dict[str, 
         return float(sum(map(Fraction, values)) / len(values)) if values else None
 
     waits, vehicles, lengths = col("wait_minutes"), col("queue_vehicles"), col("queue_length_km")
-    statuses = [(r["observed_at"], seq, r["status"]) for seq, r in items if r["status"] != "unknown"]
+    statuses = [
+        (r["observed_at"], seq, r["status"]) for seq, r in items if r["status"] != "unknown"
+    ]
     size = FAMILIES[key[4]][0]
     return {
         "crossing_id": key[0],
@@ -296,8 +304,14 @@ class WindowReader:
             for msg in records:
                 row = decode(msg.value, self.schema)
                 assert msg.key == row["crossing_id"].encode()
-                key = (row["crossing_id"], row["from_country"], row["to_country"],
-                       row["traffic_class"], row["window_size"], row["window_start"])
+                key = (
+                    row["crossing_id"],
+                    row["from_country"],
+                    row["to_country"],
+                    row["traffic_class"],
+                    row["window_size"],
+                    row["window_start"],
+                )
                 old = self.newest.get(key)
                 if old is not None and row["version"] < old["version"]:
                     self.version_went_down += 1
@@ -324,8 +338,9 @@ class WindowReader:
 
 def read_all(bootstrap: str, topic: str, expected_count: int, timeout_s: float) -> list[Any]:
     """Every message of a topic (waits until ``expected_count`` arrived or time runs out)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     parts = consumer.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(tps)
@@ -397,5 +412,6 @@ class AggregatorProcess:
 
     def logs(self) -> str:
         return "\n".join(
-            p.read_text(errors="replace")[-4000:] for p in sorted(self.home.glob("aggregator-*.log"))
+            p.read_text(errors="replace")[-4000:]
+            for p in sorted(self.home.glob("aggregator-*.log"))
         )

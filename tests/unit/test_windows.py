@@ -163,8 +163,11 @@ def test_a_replayed_log_position_is_skipped_exactly() -> None:
 def _open_windows(t: int, watermark: int | None) -> set[tuple[str, int]]:
     """Brute force: every window containing t whose end + grace exceeds the watermark."""
     out = set()
-    for name, size, step in (("1h", HOUR, 5 * MIN), ("3h", 3 * HOUR, 15 * MIN),
-                             ("24h", 24 * HOUR, HOUR)):
+    for name, size, step in (
+        ("1h", HOUR, 5 * MIN),
+        ("3h", 3 * HOUR, 15 * MIN),
+        ("24h", 24 * HOUR, HOUR),
+    ):
         start = t - t % step
         while start + size > t:
             if watermark is None or start + size + 2 * HOUR > watermark:
@@ -209,8 +212,9 @@ def test_a_changed_window_that_closes_before_emission_keeps_its_content() -> Non
     state.apply(record(T0 + 1 * MIN, "a", wait=10), 0, 0)  # into 1h window [T0, T0+1h)
     state.apply(record(T0 + 3 * HOUR + 1, "b", lane="truck"), 0, 1)  # closes it
     state.apply(record(T0 + 2 * MIN, "c", wait=500), 0, 2)  # same pane, too late for it
-    rows = {(r["traffic_class"], r["window_size"], r["window_start"]): r
-            for r in state.take_changed()}
+    rows = {
+        (r["traffic_class"], r["window_size"], r["window_start"]): r for r in state.take_changed()
+    }
     closed = rows[("car", "1h", T0)]
     assert closed["reports"] == 1 and closed["wait_minutes_max"] == 10
     still_open = rows[("car", "3h", T0)]  # [T0, T0+3h) is open until T0+5h: it takes c
@@ -218,8 +222,10 @@ def test_a_changed_window_that_closes_before_emission_keeps_its_content() -> Non
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 40 * HOUR), st.booleans()), min_size=1, max_size=80),
-       st.randoms())
+@given(
+    st.lists(st.tuples(st.integers(0, 40 * HOUR), st.booleans()), min_size=1, max_size=80),
+    st.randoms(),
+)
 def test_windows_do_not_depend_on_when_they_are_emitted(
     reports: list[tuple[int, bool]], rnd: random.Random
 ) -> None:
@@ -228,8 +234,9 @@ def test_windows_do_not_depend_on_when_they_are_emitted(
     seen_eager: dict[tuple, dict[str, Any]] = {}
     seen_lazy: dict[tuple, dict[str, Any]] = {}
     for i, (t, dup) in enumerate(reports):
-        rec = record(T0 + t, f"e{i // 2 if dup else i}", wait=t % 997,
-                     status=rnd.choice(["open", "unknown"]))
+        rec = record(
+            T0 + t, f"e{i // 2 if dup else i}", wait=t % 997, status=rnd.choice(["open", "unknown"])
+        )
         eager.apply(rec, 0, i)
         lazy.apply(rec, 0, i)
         newest(eager.take_changed(), seen_eager)

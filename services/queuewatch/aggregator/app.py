@@ -130,9 +130,9 @@ class Aggregator:
         app.agent(self.reports, name="aggregate", concurrency=1)(self._agent)
         app.timer(s.aggregator_flush_interval_s)(self._flush_windows)
         app.timer(30.0)(self._log_totals)
-        app.on_partitions_revoked.connect(self._on_revoked)
-        app.on_partitions_assigned.connect(self._on_assigned)
-        app.on_before_shutdown.connect(self._on_shutdown)
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
         return app
 
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
@@ -146,6 +146,7 @@ class Aggregator:
         self._scan_needed = True
 
     async def _on_shutdown(self, sender: Any, **_: Any) -> None:
+        await self._log_totals()
         try:
             await self._flush_windows()
         except Exception:  # best effort: unsent windows stay marked in the changelog
@@ -155,7 +156,9 @@ class Aggregator:
 
     async def _agent(self, stream: Any) -> None:
         s = self.settings
-        async for events in stream.take_events(s.aggregator_batch_size, s.aggregator_batch_timeout_s):
+        async for events in stream.take_events(
+            s.aggregator_batch_size, s.aggregator_batch_timeout_s
+        ):
             checkpoint.hold(events)
             try:
                 writes = self._process(events)
@@ -187,12 +190,16 @@ class Aggregator:
         totals["messages"] += len(raw)
         totals["dead"] += len(dead)
         touched: dict[str, int] = {}
+        replayed = 0
         for item in accepted:
             cid = item.record["crossing_id"]
             state = self._state(cid)
             outcome = state.apply(item.record, item.partition, item.offset)
             totals[outcome.value] += 1
             touched[cid] = item.partition
+            replayed += outcome is Outcome.REPLAYED
+        if replayed:
+            log.info("skipped %d reports applied before a restart (at-least-once replay)", replayed)
         writes: list[Any] = []
         producer = self.app.producer
         for cid, partition in touched.items():
@@ -206,7 +213,9 @@ class Aggregator:
             writes.append(self.table.send_changelog(partition, key, data, "raw", "raw"))
         for letter in dead:
             writes.append(
-                self._send(producer, self.common.dlq_topic, letter.key, letter.value, letter.headers)
+                self._send(
+                    producer, self.common.dlq_topic, letter.key, letter.value, letter.headers
+                )
             )
         return writes
 
@@ -237,8 +246,11 @@ class Aggregator:
 
     def _scan_unsent(self) -> None:
         """After a (re)start or rebalance: find states whose windows were never emitted."""
-        assigned = {tp.partition for tp in self.app.consumer.assignment()
-                    if tp.topic == self.common.reports_topic}
+        assigned = {
+            tp.partition
+            for tp in self.app.consumer.assignment()
+            if tp.topic == self.common.reports_topic
+        }
         for key, data in list(self.table.data.items()):
             if not data or not data.startswith(_CHANGED_MARK):
                 continue
@@ -252,7 +264,11 @@ class Aggregator:
 
     async def _flush_windows(self) -> None:
         """Emit every changed window once, newest state, keyed by crossing."""
-        if self._scan_needed and not self.app.rebalancing and self.app.tables.recovery.completed.is_set():
+        if (
+            self._scan_needed
+            and not self.app.rebalancing
+            and self.app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+        ):
             self._scan_needed = False
             self._scan_unsent()
         if not self.changed:

@@ -64,7 +64,11 @@ async def wait_durable(writes: Sequence[Awaitable[Any]]) -> None:
 
 def die_unsafe(what: str, exc: BaseException) -> None:
     """Exit now, before faust can commit offsets the failed writes were meant to cover."""
-    log.critical("%s failed (%s: %s); exiting so the batch is replayed on restart",
-                 what, type(exc).__name__, exc)
+    log.critical(
+        "%s failed (%s: %s); exiting so the batch is replayed on restart",
+        what,
+        type(exc).__name__,
+        exc,
+    )
     logging.shutdown()
     os._exit(EXIT_UNSAFE)

@@ -12,6 +12,7 @@ equals the window computed from its reports directly (the property tests check i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import chain
 from typing import Any
 
@@ -260,18 +261,23 @@ class Pane:
             status_last,
         ) = obj
         p.sources = set(sources)
-        p.w_last = tuple(w_last) if w_last else None  # type: ignore[assignment]
+        p.w_last = tuple(w_last) if w_last else None
         p.w_sketch = QuantileSketch.from_obj(sketch)
-        p.v_last = tuple(v_last) if v_last else None  # type: ignore[assignment]
+        p.v_last = tuple(v_last) if v_last else None
         p.k_sum = ExactSum(k_num, k_shift)
-        p.k_last = tuple(k_last) if k_last else None  # type: ignore[assignment]
-        p.status_last = tuple(status_last) if status_last else None  # type: ignore[assignment]
+        p.k_last = tuple(k_last) if k_last else None
+        p.status_last = tuple(status_last) if status_last else None
         return p
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Pane) and self.to_obj() == other.to_obj()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _newest(lasts: Iterable[Last | None]) -> Any:
+    """Value of the latest ``(observed_at, seq, value)``; seq is unique, so values never compare."""
+    return max(last for last in lasts if last is not None)[2]
 
 
 def _quantile(zeros: int, count: int, items: list[tuple[int, int]], q: float) -> float | None:
@@ -321,7 +327,7 @@ def window_metrics(panes: list[Pane]) -> tuple[dict[str, Any], int]:
         out["wait_minutes_avg"] = sum(p.w_sum for p in w) / w_n
         out["wait_minutes_p50"] = _quantile(zeros, w_n, items, 0.5)
         out["wait_minutes_p90"] = _quantile(zeros, w_n, items, 0.9)
-        out["wait_minutes_last"] = max(p.w_last for p in w)[2]  # type: ignore[type-var]
+        out["wait_minutes_last"] = _newest(p.w_last for p in w)
     else:
         out.update(
             wait_minutes_min=None,
@@ -334,7 +340,7 @@ def window_metrics(panes: list[Pane]) -> tuple[dict[str, Any], int]:
     if v:
         out["queue_vehicles_max"] = max(p.v_max for p in v)  # type: ignore[type-var]
         out["queue_vehicles_avg"] = sum(p.v_sum for p in v) / sum(p.v_n for p in v)
-        out["queue_vehicles_last"] = max(p.v_last for p in v)[2]  # type: ignore[type-var]
+        out["queue_vehicles_last"] = _newest(p.v_last for p in v)
     else:
         out.update(queue_vehicles_max=None, queue_vehicles_avg=None, queue_vehicles_last=None)
     if k:
@@ -343,11 +349,9 @@ def window_metrics(panes: list[Pane]) -> tuple[dict[str, Any], int]:
             total.merge(p.k_sum)
         out["queue_length_km_max"] = max(p.k_max for p in k)  # type: ignore[type-var]
         out["queue_length_km_avg"] = total.mean(sum(p.k_n for p in k))
-        out["queue_length_km_last"] = max(p.k_last for p in k)[2]  # type: ignore[type-var]
+        out["queue_length_km_last"] = _newest(p.k_last for p in k)
     else:
-        out.update(
-            queue_length_km_max=None, queue_length_km_avg=None, queue_length_km_last=None
-        )
+        out.update(queue_length_km_max=None, queue_length_km_avg=None, queue_length_km_last=None)
     out["status_last"] = max(st)[2] if st else "unknown"
     out["last_observed_at"] = last_observed_at
     return out, version

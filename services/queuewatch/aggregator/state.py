@@ -221,12 +221,7 @@ class CrossingState:
             candidates: Any = range(first_s, last_s + 1, fam.step)
         else:  # a long jump of the watermark: look only at windows around dirty panes
             candidates = sorted(
-                {
-                    s
-                    for p in dirty
-                    for s in fam.window_starts(p)
-                    if first_s <= s <= last_s
-                }
+                {s for p in dirty for s in fam.window_starts(p) if first_s <= s <= last_s}
             )
         for s in candidates:
             end = s + fam.size

@@ -80,9 +80,7 @@ def parse_families(spec: str) -> tuple[WindowFamily, ...]:
             continue
         bits = part.strip().split(":")
         if len(bits) != 3 or not bits[0]:
-            raise ConfigurationError(
-                f"window family {part!r} is not name:size:step, e.g. 1h:1h:5m"
-            )
+            raise ConfigurationError(f"window family {part!r} is not name:size:step, e.g. 1h:1h:5m")
         name, size, step = bits[0], parse_duration_ms(bits[1]), parse_duration_ms(bits[2])
         if size <= 0 or step <= 0 or step > size:
             raise ConfigurationError(
