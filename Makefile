@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed
 PYTEST_FLAGS ?= -p no:cacheprovider --durations=20
 # Extra arguments for `queuewatch up`, e.g. make run UP_ARGS=--no-simulate
 UP_ARGS ?=
+# The test suite runs the benchmark harness's smoke run, so the bench tools are installed too.
+EXTRAS ?= dev,bench
 
 .PHONY: help run test test-unit test-integration test-chaos lint bench bench-smoke broker \
 	install docs clean compose-up compose-down
@@ -22,10 +24,10 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
 	  echo "could not create $(VENV); on Debian/Ubuntu: apt-get install python3-venv"; exit 1; }
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install queuewatch with its test tools
+install: $(STAMP) ## Create .venv and install queuewatch with its test and bench tools
 
 $(LIBS)/.fetched: infra/kafka/pom.xml
 	@command -v java >/dev/null || { echo "java 17+ is needed to run the Kafka broker:" \
@@ -61,11 +63,9 @@ docs: install ## Regenerate the settings table in README.md
 	$(BIN)/queuewatch settings --readme README.md
 
 bench: install broker ## The full benchmarks (docs/performance.md)
-	$(BIN)/pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks.run --full
 
 bench-smoke: install broker ## A minute-long run of every benchmark, to check they work
-	$(BIN)/pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks.run --smoke
 
 compose-up: ## Build the image and start the docker compose deployment (needs .env)
