@@ -17,7 +17,7 @@ EXTRAS ?= dev,bench
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
 	  echo "queuewatch needs Python 3.11+; $(PYTHON) is $$($(PYTHON) --version 2>&1)." \
 	       "Install one, or run: make PYTHON=python3.11 ..."; exit 1; }
