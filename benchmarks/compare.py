@@ -70,7 +70,8 @@ def compare(
     for key in checked:
         diff = differences(ours[key], peer[key])
         if diff:
-            mismatched.append({"key": list(key), "fields": diff})
+            values = {f: [ours[key].get(f), peer[key].get(f)] for f in diff}
+            mismatched.append({"key": list(key), "ours_vs_peer": values})
     return {
         "closed_windows_ours": len(closed),
         "windows_peer": len(peer_keys),

@@ -11,8 +11,9 @@ disorder a real feed has:
 * ``DUPLICATES`` are re-sends of an earlier event_id, half of them with different content
   (the first arrival must win).
 
-There are no invalid records: the peer would need our validation rules to treat them alike,
-and the dead-letter path is a correctness concern covered by the aggregator's tests.
+There are no invalid records (every one passes queuewatch.contract.validation, checked when
+the log is generated): the peer would need our validation rules to treat them alike, and
+the dead-letter path is a correctness concern covered by the aggregator's tests.
 
 Generating and encoding a million reports takes tens of seconds in Python, so the encoded log
 is cached under ``benchmarks/work/datasets`` keyed by its parameters and reused across runs.
@@ -31,6 +32,7 @@ from typing import Any
 
 from queuewatch.contract.codec import encode
 from queuewatch.contract.schemas import QUEUE_REPORT, default_registry
+from queuewatch.contract.validation import validate_record
 
 WORK_DIR = Path(__file__).resolve().parent / "work"
 HOUR_MS = 3_600_000
@@ -62,7 +64,7 @@ class DatasetSpec:
     @property
     def name(self) -> str:
         """File stem of the cached log."""
-        return f"reports-{self.reports}-c{self.crossings}-h{self.span_hours}-s{self.seed}"
+        return f"reports-v2-{self.reports}-c{self.crossings}-h{self.span_hours}-s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ def make_report(c: Crossing, observed_at: int, rng: random.Random) -> dict[str, 
     has_wait = rng.random() < 0.9
     vehicles = rng.random() < 0.7
     length = rng.random() < 0.5
+    # A report with no measurement at all is invalid (it must carry one, or a status); the
+    # workload holds only valid reports, so such a draw gets a wait.
+    has_wait = has_wait or not (vehicles or length)
     return {
         "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
         "crossing_id": c.crossing_id,
@@ -202,6 +207,9 @@ def generate(spec: DatasetSpec, end_ms: int) -> tuple[list[tuple[bytes, bytes]],
             delay = 0.0
         records.append((i + delay / step, rec))
     records.sort(key=lambda pair: pair[0])
+    bad = [v for _, r in records for v in validate_record(r, end_ms)]
+    if bad:
+        raise ValueError(f"the generator made invalid reports, e.g. {bad[0]}; fix make_report")
     messages = [(r["crossing_id"].encode(), encode(r, schema)) for _, r in records]
     return messages, start_ms, duplicates
 

@@ -11,9 +11,10 @@ The protocol, the same for every processor (ours, the Quix peer, the sinks):
    the harness can (confluent-kafka: a few hundred thousand per second, faster than any
    processor here consumes, so the processor is never starved);
 4. done when the group has committed everything and, for a processor with output, no output
-   arrived for ``quiet_s``; the end time is the Kafka timestamp of the last output message
-   (the processor's own clock when it emitted it) or, without output, the moment the lag was
-   seen to reach zero (polled every 0.25 s);
+   arrived for ``quiet_s``; the end time is when the last output message reached the
+   harness's reader (it polls every 0.2 s; Kafka timestamps cannot serve, since Quix stamps a
+   window with its event-time start) or, without output, the moment the lag was seen to reach
+   zero (polled every 0.25 s);
 5. throughput = N / (end - t0); memory = the peak sampled during the run.
 """
 
@@ -61,6 +62,7 @@ class Replay:
     peak_rss_mib: float
     output_messages: int
     windows: dict[WindowKey, dict[str, Any]] = field(default_factory=dict, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def figures(self) -> dict[str, Any]:
         """The numbers for the result file."""
@@ -73,6 +75,7 @@ class Replay:
             "peak_rss_mib": round(self.peak_rss_mib, 1),
             "output_messages": self.output_messages,
             "windows": len(self.windows),
+            **self.extra,
         }
 
 
@@ -136,8 +139,9 @@ def replay(
                 if collector is None:
                     end = time.time()
                     break
-                if collector.quiet_for() >= quiet_s and collector.last_ts_ms is not None:
-                    end = collector.last_ts_ms / 1000
+                last = collector.last_arrival_wall
+                if collector.quiet_for() >= quiet_s and last is not None and last > t0:
+                    end = last
                     break
             time.sleep(0.25)
     finally:

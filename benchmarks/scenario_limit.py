@@ -147,7 +147,9 @@ def clients() -> dict[str, Any]:
 def limit(ctx: Context) -> dict[str, Any]:
     """Consume + decode the pre-loaded log with each client, ``runs`` times each."""
     plan = ctx.plan
-    ds = dataset(DatasetSpec(plan.limit_reports, plan.aggregator_crossings))
+    ds = dataset(
+        DatasetSpec(plan.limit_reports, plan.aggregator_crossings, plan.aggregator_span_hours)
+    )
     messages = ds.load()
     topics, _ = run_ids("limit")
     create_topics(ctx.bootstrap, topics.as_roles())

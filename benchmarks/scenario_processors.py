@@ -27,12 +27,22 @@ from benchmarks.replay import (
 from benchmarks.stats import median_of_runs
 
 
+def topic_bytes(ctx: Context, topic: str) -> int:
+    """Bytes the broker holds for ``topic`` (its segment files; no compression is used)."""
+    data = ctx.work / "kafka" / "data"
+    total = 0
+    for folder in data.glob(f"{topic}-*"):
+        if folder.name.rsplit("-", 1)[-1].isdigit():
+            total += sum(f.stat().st_size for f in folder.glob("*.log"))
+    return total
+
+
 def _aggregator_replay(
     ctx: Context, messages: list[tuple[bytes, bytes]], probe_at: int, keep: bool
 ) -> Replay:
     topics, group = run_ids("agg")
     home = ctx.work / f"home-{group}"
-    return replay(
+    result = replay(
         name="queuewatch aggregator",
         bootstrap=ctx.bootstrap,
         topics=topics,
@@ -43,12 +53,23 @@ def _aggregator_replay(
         output_topic=topics.windows,
         keep_windows=keep,
     )
+    # Where the bytes go: faust's changelog of the per-crossing state, and the windows out.
+    result.extra["changelog_bytes_per_report"] = round(
+        topic_bytes(ctx, f"{group}-crossing-state-changelog") / len(messages)
+    )
+    result.extra["output_bytes_per_report"] = round(
+        topic_bytes(ctx, topics.windows) / len(messages)
+    )
+    result.extra["output_messages_per_report"] = round(result.output_messages / len(messages), 1)
+    return result
 
 
 def aggregator(ctx: Context) -> dict[str, Any]:
     """Throughput and memory of one aggregator worker on the big log."""
     plan = ctx.plan
-    ds = dataset(DatasetSpec(plan.aggregator_reports, plan.aggregator_crossings))
+    ds = dataset(
+        DatasetSpec(plan.aggregator_reports, plan.aggregator_crossings, plan.aggregator_span_hours)
+    )
     messages = ds.load()
     runs = []
     for _ in range(plan.runs):
@@ -85,7 +106,7 @@ def peer(ctx: Context) -> dict[str, Any]:
             "reason": f"the Quix peer's venv is not built ({peer_env.VENV}); "
             "`python -m benchmarks.run` builds it unless --no-peer-install is given",
         }
-    ds = dataset(DatasetSpec(plan.peer_reports, plan.peer_crossings))
+    ds = dataset(DatasetSpec(plan.peer_reports, plan.peer_crossings, plan.peer_span_hours))
     messages = ds.load()
     ours_runs, peer_runs = [], []
     equality: dict[str, Any] = {}

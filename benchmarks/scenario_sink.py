@@ -76,7 +76,9 @@ def window_messages(n: int, crossings: int, seed: int = 3) -> list[tuple[bytes, 
 def sink(ctx: Context) -> dict[str, Any]:
     """Rows/s of the raw sink and of the window sink, ``runs`` times each."""
     plan = ctx.plan
-    ds = dataset(DatasetSpec(plan.sink_reports, plan.aggregator_crossings))
+    ds = dataset(
+        DatasetSpec(plan.sink_reports, plan.aggregator_crossings, plan.aggregator_span_hours)
+    )
     reports = ds.load()
     windows = window_messages(plan.sink_windows, plan.aggregator_crossings)
     raw_runs, window_runs = [], []

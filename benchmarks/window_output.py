@@ -1,9 +1,9 @@
 """Reads an output topic of CrossingWindow records while a processor runs.
 
 A background thread keeps the newest record per window key (largest ``version``; for equal
-versions the later one in the log) and the Kafka timestamp of the last output message, which
-is the producer's wall clock when the window was emitted: "until the last window is emitted"
-is measured from it, not from when this reader happened to poll.
+versions the later one in the log) and the wall-clock time the last output message reached
+this reader (it polls every 0.2 s): "until the last window is emitted" is measured from it.
+The Kafka timestamp cannot serve: Quix stamps a window with its event-time start.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class WindowCollector:
         self.first_ts_ms: int | None = None
         self.last_ts_ms: int | None = None
         self.last_arrival = time.monotonic()
+        self.last_arrival_wall: float | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"collect-{topic}", daemon=True)
@@ -110,3 +111,4 @@ class WindowCollector:
                     self.windows[key] = rec
             if records:
                 self.last_arrival = time.monotonic()
+                self.last_arrival_wall = time.time()
