@@ -75,7 +75,13 @@ def test_crossing_windows_columns_are_the_contract_fields_in_order(client: Any) 
 
 def test_every_consumer_view_answers_on_empty_tables(client: Any) -> None:
     migrate(client, DB)
-    for view in ("crossing_status", "current_windows", "hourly_profile", "source_latest"):
+    for view in (
+        "crossing_status",
+        "current_windows",
+        "crossing_report_summary",
+        "hourly_profile",
+        "source_latest",
+    ):
         assert client.query(f"SELECT count() FROM {DB}.{view}").result_rows == [(0,)]
 
 

@@ -34,6 +34,12 @@ REPORTS_SQL = (
     "FROM queue_reports FINAL ORDER BY crossing_id, event_id"
 )
 WINDOWS_SQL = "SELECT * FROM crossing_windows FINAL ORDER BY ALL"
+CURRENT_SQL = "SELECT * FROM current_windows ORDER BY ALL"
+STATUS_SQL = "SELECT * EXCEPT (last_report_age_s) FROM crossing_status ORDER BY ALL"
+SUMMARY_SQL = (
+    "SELECT * EXCEPT (last_report_age_s, wait_minutes_age_s, queue_vehicles_age_s, "
+    "queue_length_km_age_s) FROM crossing_report_summary ORDER BY ALL"
+)
 
 
 @dataclass
@@ -105,10 +111,23 @@ def test_crossing_status_has_one_row_per_crossing_direction_and_class(loaded: Lo
         (r["crossing_id"], r["from_country"], r["to_country"], r["traffic_class"]) for r in rows
     }
     assert len(keys) == len(rows)
+    window_keys = {
+        (w["crossing_id"], w["from_country"], w["to_country"], w["traffic_class"])
+        for w in loaded.windows.values()
+    }
+    assert keys == window_keys  # crossing_status reads the current windows (0004)
+    with_windows = [r for r in rows if r["reports_1h"] is not None]
+    assert with_windows, "the 1h window figures should reach crossing_status"
+
+
+def test_crossing_report_summary_counts_every_accepted_report_once(loaded: Loaded) -> None:
+    rows = query_rows(loaded.env, "SELECT * FROM crossing_report_summary")
+    keys = {
+        (r["crossing_id"], r["from_country"], r["to_country"], r["traffic_class"]) for r in rows
+    }
+    assert len(keys) == len(rows)
     total = sum(int(r["reports_total"]) for r in rows)
     assert total == len(loaded.reports.expected)
-    with_windows = [r for r in rows if r["reports_1h"] is not None]
-    assert with_windows, "the window figures should join onto crossing_status"
 
 
 def test_query_output_formats_are_keyed_jsonl_csv_with_header_and_a_table(loaded: Loaded) -> None:
@@ -148,11 +167,9 @@ def test_replaying_all_offsets_from_the_beginning_changes_no_final_result(
     env = loaded.env
     before_reports = query_rows(env, REPORTS_SQL)
     before_windows = query_rows(env, WINDOWS_SQL)
-    before_status = query_rows(
-        env,
-        "SELECT * EXCEPT (last_report_age_s, wait_minutes_age_s, queue_vehicles_age_s, "
-        "queue_length_km_age_s) FROM crossing_status ORDER BY ALL",
-    )
+    before_status = query_rows(env, STATUS_SQL)
+    before_summary = query_rows(env, SUMMARY_SQL)
+    before_current = query_rows(env, CURRENT_SQL)
     assert loaded.owner.stop() == 0  # SIGTERM: clean exit
     reset_to_beginning(env.bootstrap, env.raw_group, env.reports_topic)
     reset_to_beginning(env.bootstrap, env.window_group, env.windows_topic)
@@ -163,13 +180,8 @@ def test_replaying_all_offsets_from_the_beginning_changes_no_final_result(
         wait_until(lambda: caught_up(env), CATCH_UP_TIMEOUT_S, "the replay", again)
         assert query_rows(env, REPORTS_SQL) == before_reports
         assert query_rows(env, WINDOWS_SQL) == before_windows
-        assert (
-            query_rows(
-                env,
-                "SELECT * EXCEPT (last_report_age_s, wait_minutes_age_s, queue_vehicles_age_s, "
-                "queue_length_km_age_s) FROM crossing_status ORDER BY ALL",
-            )
-            == before_status
-        )
+        assert query_rows(env, STATUS_SQL) == before_status
+        assert query_rows(env, SUMMARY_SQL) == before_summary
+        assert query_rows(env, CURRENT_SQL) == before_current
     finally:
         assert again.stop() == 0
