@@ -49,7 +49,7 @@ SMOKE = Plan(
 )  # fmt: skip
 
 FULL = Plan(
-    mode="full", runs=3, limit_reports=300_000, aggregator_reports=15_000,
+    mode="full", runs=3, limit_reports=1_000_000, aggregator_reports=15_000,
     aggregator_crossings=1000, aggregator_span_hours=48, peer_reports=5_000, peer_crossings=100,
     peer_span_hours=12, e2e_rates=(250, 1000, 5000, 10_000, 20_000), e2e_seconds=15.0,
     e2e_crossings=1000, e2e_drain_s=30.0, e2e_runs=1, query_reports=10_000_000,

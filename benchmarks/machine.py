@@ -47,15 +47,20 @@ def load_average() -> list[float]:
 
 
 def git_commit(repo: Path) -> str:
-    """The checked-out commit (with "+dirty" when files differ), or "unknown"."""
+    """The checked-out commit, with "+dirty" when files under services/ differ from it (the
+    code measured is then not exactly that commit), or "unknown"."""
     try:
         head = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "services"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return head
+    return f"{head}+dirty" if dirty else head
 
 
 def versions() -> dict[str, str]:

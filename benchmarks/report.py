@@ -84,7 +84,9 @@ def summary(result: dict[str, Any], result_path: str) -> str:
             f"crossings) | queuewatch aggregator | {_fmt(peer['ours']['median']['events_per_s'])}"
             " events/s |",
             f"| peer | Quix Streams 3.28 | {_fmt(peer['peer']['median']['events_per_s'])} "
-            f"events/s (ours is {_fmt(peer['ratio_ours_to_peer'], 1)}x) |",
+            f"events/s (ours is {_fmt(peer['ratio_ours_to_peer'], 2)}x) |",
+            f"| peer | start-up, ours / Quix | {_fmt(peer['ours']['median']['startup_s'], 1)} s"
+            f" / {_fmt(peer['peer']['median']['startup_s'], 1)} s |",
             f"| peer | closed windows equal | {'yes' if eq.get('equal') else 'NO'}: "
             f"{eq.get('compared')} compared, {eq.get('mismatched')} differ, "
             f"{eq.get('missing_in_peer')} missing in peer, {eq.get('missing_in_ours')} "
@@ -105,11 +107,16 @@ def summary(result: dict[str, Any], result_path: str) -> str:
         assert e2e is not None
         for rate in e2e["rates"]:
             med = rate["median"]
+            bound = {
+                t: "≥ " if any(r[t]["percentiles_are_lower_bounds"] for r in rate["runs"]) else ""
+                for t in ("queue_reports", "crossing_windows")
+            }
             lines.append(
                 f"| end to end, offered {rate['offered_per_s']:,}/s | p50 / p95 / p99 to "
-                f"queue_reports; to crossing_windows | {_fmt(med['queue_reports_p50_s'], 2)} / "
+                f"queue_reports; to crossing_windows | {bound['queue_reports']}"
+                f"{_fmt(med['queue_reports_p50_s'], 2)} / "
                 f"{_fmt(med['queue_reports_p95_s'], 2)} / {_fmt(med['queue_reports_p99_s'], 2)}"
-                f" s; {_fmt(med['crossing_windows_p50_s'], 2)} / "
+                f" s; {bound['crossing_windows']}{_fmt(med['crossing_windows_p50_s'], 2)} / "
                 f"{_fmt(med['crossing_windows_p95_s'], 2)} / "
                 f"{_fmt(med['crossing_windows_p99_s'], 2)} s; sustained in "
                 f"{rate['sustained_runs']}/{len(rate['runs'])} runs |"
