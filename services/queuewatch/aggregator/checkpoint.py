@@ -27,7 +27,9 @@ positions are skipped exactly (see :mod:`queuewatch.aggregator.state`).
 
 Windows are emitted separately (at most once per flush interval); a changed window is marked
 in the state itself until emitted, so a crash between 4 and the emission re-emits it after
-the restart, with the same version.
+the restart, with the same version. Emission and steps 2-4 hold one lock, so no state record
+is written between taking a window's rows and their delivery: a record on the broker always
+still marks every window whose emission is not yet durable.
 """
 
 from __future__ import annotations
