@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from queuewatch.aggregator.pane import Pane, window_metrics
+from queuewatch.aggregator.pane import Pane
+from queuewatch.aggregator.sliding import sliding_metrics
 from queuewatch.aggregator.windows import WindowFamily, parse_duration_ms, parse_families
 
 #: (from_country, to_country, traffic_class)
@@ -223,32 +224,36 @@ class CrossingState:
             candidates = sorted(
                 {s for p in dirty for s in fam.window_starts(p) if first_s <= s <= last_s}
             )
+        changed = []
         for s in candidates:
             end = s + fam.size
             if any(dirty.get(p, end + grace) < end + grace for p in fam.panes_of(s)):
-                key = (lane_key, index, s)
-                self.snapshots[key] = self._window_row(lane_key, index, fam, s)
+                changed.append(s)
+        for row in self._window_rows(lane_key, index, fam, changed):
+            self.snapshots[(lane_key, index, row["window_start"])] = row
 
     # --- producing windows ----------------------------------------------------------------
 
-    def _window_row(
-        self, lane_key: LaneKey, index: int, fam: WindowFamily, start: int
-    ) -> dict[str, Any]:
+    def _window_rows(
+        self, lane_key: LaneKey, index: int, fam: WindowFamily, starts: list[int]
+    ) -> list[dict[str, Any]]:
+        """Rows of the windows at ``starts`` (ascending), computed in one sliding pass."""
         panes = self.lanes[lane_key][index].panes
-        present = [pane for p in fam.panes_of(start) if (pane := panes.get(p)) is not None]
-        metrics, version = window_metrics(present)
-        row: dict[str, Any] = {
-            "crossing_id": self.crossing_id,
-            "from_country": lane_key[0],
-            "to_country": lane_key[1],
-            "traffic_class": lane_key[2],
-            "window_size": fam.name,
-            "window_start": start,
-            "window_end": start + fam.size,
-        }
-        row.update(metrics)
-        row["version"] = version
-        return row
+        rows = []
+        for start, metrics, version in sliding_metrics(panes, starts, fam.size, fam.pane):
+            row: dict[str, Any] = {
+                "crossing_id": self.crossing_id,
+                "from_country": lane_key[0],
+                "to_country": lane_key[1],
+                "traffic_class": lane_key[2],
+                "window_size": fam.name,
+                "window_start": start,
+                "window_end": start + fam.size,
+            }
+            row.update(metrics)
+            row["version"] = version
+            rows.append(row)
+        return rows
 
     def has_changes(self) -> bool:
         """True when some window changed since the last :meth:`take_changed`."""
@@ -278,6 +283,5 @@ class CrossingState:
                         if end + grace > wm and end + grace > first_wm:
                             starts.add(s)
                 fstate.dirty.clear()
-                for s in sorted(starts):
-                    rows.append(self._window_row(lane_key, index, fam, s))
+                rows.extend(self._window_rows(lane_key, index, fam, sorted(starts)))
         return rows
