@@ -74,6 +74,7 @@ class Pane:
     """Aggregate of the reports of one lane (direction and class) in one pane of one family."""
 
     __slots__ = (
+        "json",
         "k_last",
         "k_max",
         "k_n",
@@ -96,6 +97,8 @@ class Pane:
     )
 
     def __init__(self) -> None:
+        #: :meth:`to_obj` as JSON text, kept until the pane changes (see ``state_codec``)
+        self.json: str | None = None
         self.reports = 0
         self.seq_max = 0  # seq of the newest report in the pane: the window's version
         self.sources: set[str] = set()
@@ -127,6 +130,7 @@ class Pane:
         status: str,
     ) -> None:
         """Count one accepted report."""
+        self.json = None
         self.reports += 1
         if seq > self.seq_max:
             self.seq_max = seq
@@ -159,6 +163,7 @@ class Pane:
 
     def merge(self, other: Pane) -> None:
         """Fold another pane in (commutative and associative)."""
+        self.json = None
         self.reports += other.reports
         self.seq_max = max(self.seq_max, other.seq_max)
         self.sources |= other.sources

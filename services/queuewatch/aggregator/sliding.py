@@ -19,11 +19,11 @@ are stored in the state record, whose bytes must not change); the property tests
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from itertools import accumulate
 from typing import Any
 
-from queuewatch.aggregator.pane import ExactSum, Pane
+from queuewatch.aggregator.pane import ExactSum, Pane, window_metrics
 from queuewatch.aggregator.sketch import bin_value
 
 #: Pane attributes whose window value is the largest over the panes (None = absent).
@@ -103,6 +103,7 @@ class _Accumulator:
         sources = self.sources
         for name in pane.sources:
             sources[name] = sources.get(name, 0) + 1
+        ext = self.ext
         if pane.w_n:
             self.w_n += pane.w_n
             self.w_sum += pane.w_sum
@@ -116,20 +117,35 @@ class _Accumulator:
                     insort(self.keys, key)
                 else:
                     bins[key] = have + n
-            if not self.w_min_stale and (self.w_min is None or pane.w_min < self.w_min):  # type: ignore[operator]
+            if self.w_min is None or pane.w_min < self.w_min:  # type: ignore[operator]
                 self.w_min = pane.w_min
-        self.v_n += pane.v_n
-        self.v_sum += pane.v_sum
+            # A stale extreme is updated too: harmless, _refresh recomputes it from members.
+            if (cur := ext["w_max"]) is None or pane.w_max > cur:
+                ext["w_max"] = pane.w_max
+            if (cur := ext["w_last"]) is None or pane.w_last > cur:
+                ext["w_last"] = pane.w_last
+        if pane.v_n:
+            self.v_n += pane.v_n
+            self.v_sum += pane.v_sum
+            if (cur := ext["v_max"]) is None or pane.v_max > cur:
+                ext["v_max"] = pane.v_max
+            if (cur := ext["v_last"]) is None or pane.v_last > cur:
+                ext["v_last"] = pane.v_last
         if pane.k_n:
             self.k_n += pane.k_n
             self.k_sum.merge(pane.k_sum)
-        ext = self.ext
-        for name in _MAX_FIELDS:
-            value = getattr(pane, name)
-            if value is not None and name not in self.stale:
-                current = ext[name]
-                if current is None or value > current:
-                    ext[name] = value
+            if (cur := ext["k_max"]) is None or pane.k_max > cur:
+                ext["k_max"] = pane.k_max
+            if (cur := ext["k_last"]) is None or pane.k_last > cur:
+                ext["k_last"] = pane.k_last
+        if pane.status_last is not None and (
+            (cur := ext["status_last"]) is None or pane.status_last > cur
+        ):
+            ext["status_last"] = pane.status_last
+        if (cur := ext["seq_max"]) is None or pane.seq_max > cur:
+            ext["seq_max"] = pane.seq_max
+        if (cur := ext["last_observed_at"]) is None or pane.last_observed_at > cur:
+            ext["last_observed_at"] = pane.last_observed_at
 
     def remove(self, start: int) -> None:
         """Let a pane leave the window (it must be a member)."""
@@ -229,19 +245,27 @@ class _Accumulator:
 
 
 def sliding_metrics(
-    panes: dict[int, Pane], starts: Iterable[int], size: int, pane_len: int
+    panes: dict[int, Pane], starts: Sequence[int], size: int, pane_len: int
 ) -> Iterator[tuple[int, dict[str, Any], int]]:
     """``(start, metrics, version)`` of the windows at ``starts`` (ascending), in order.
 
     ``panes`` maps pane start -> pane; a window ``[s, s + size)`` covers the panes present at
     ``s, s + pane_len, ...``. Overlapping consecutive windows share the accumulator; a gap of
-    ``size`` or more starts a fresh one (nothing to reuse).
+    ``size`` or more starts a fresh one. A window overlapping neither neighbour is merged
+    directly (:func:`window_metrics`), which is cheaper when nothing is reused.
     """
     acc: _Accumulator | None = None
     prev = 0
-    for s in starts:
+    last = len(starts) - 1
+    for i, s in enumerate(starts):
         end = s + size
         if acc is None or s - prev >= size:
+            if i == last or starts[i + 1] - s >= size:  # isolated: nothing to slide over
+                present = [pane for p in range(s, end, pane_len) if (pane := panes.get(p))]
+                metrics, version = window_metrics(present)
+                acc = None
+                yield s, metrics, version
+                continue
             acc = _Accumulator()
             lo = s
         else:
