@@ -99,6 +99,8 @@ class CrossingState:
         "counters",
         "crossing_id",
         "dedup",
+        "dedup_json",
+        "dedup_trimmed",
         "lanes",
         "seq",
         "snapshots",
@@ -113,8 +115,13 @@ class CrossingState:
         self.counters = Counters()
         #: partition -> last offset applied (replays at or below it are skipped)
         self.applied: dict[int, int] = {}
-        #: event_id -> watermark when accepted; insertion order = nondecreasing value
+        #: event_id -> watermark when accepted; insertion order = nondecreasing value. Only
+        #: ever appended to at the end and trimmed at the front (``dedup_json`` relies on it).
         self.dedup: dict[str, int] = {}
+        #: entries ever trimmed from the front of ``dedup`` (not persisted)
+        self.dedup_trimmed = 0
+        #: the state codec's cache of ``dedup`` as JSON (see ``state_codec``; not persisted)
+        self.dedup_json: Any = None
         self.lanes: dict[LaneKey, list[FamilyState]] = {}
         #: changed windows that closed before being emitted, materialised at closing
         self.snapshots: dict[WindowKey, dict[str, Any]] = {}
@@ -195,6 +202,7 @@ class CrossingState:
             if dedup[first] + horizon > wm1:
                 break
             del dedup[first]
+            self.dedup_trimmed += 1
 
     def _snapshot_closing(
         self,

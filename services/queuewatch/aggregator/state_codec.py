@@ -9,6 +9,8 @@ record written by anyone cannot run code here.
 from __future__ import annotations
 
 import json
+from collections import deque
+from itertools import islice
 from typing import Any
 
 from queuewatch.aggregator.pane import Pane
@@ -57,6 +59,64 @@ def _lanes_json(state: CrossingState) -> str:
     return f"[{','.join(lanes)}]"
 
 
+class DedupJson:
+    """The de-duplication list as JSON, kept between writes in chunks of consecutive entries.
+
+    The list holds every event id of the last day or so (thousands per busy crossing) and is
+    rewritten with the state after every batch, yet a batch only appends a few ids at the end
+    and trims old ones at the front. So each write serialises only the new entries as one
+    chunk, drops chunks trimmed away, and re-serialises at most one partly trimmed chunk.
+    Chunks are merged when there are many, so memory stays about one string per crossing.
+    """
+
+    __slots__ = ("chunks", "first", "total")
+
+    #: More chunks than this are joined into one (bounds the count; amortised linear cost).
+    MAX_CHUNKS = 64
+
+    def __init__(self, first: int) -> None:
+        self.first = first  # index (counting trimmed entries) of the first entry covered
+        self.total = 0  # entries covered
+        self.chunks: deque[tuple[int, str]] = deque()  # (entries, JSON items without [])
+
+    def text(self, state: CrossingState) -> str:
+        """The JSON of ``[[event_id, watermark], ...]`` for the state's ``dedup`` now."""
+        dedup = state.dedup
+        trimmed = state.dedup_trimmed
+        chunks = self.chunks
+        while chunks and self.first + chunks[0][0] <= trimmed:
+            count, _ = chunks.popleft()
+            self.first += count
+            self.total -= count
+        if self.first < trimmed:
+            if chunks:  # the first chunk is partly trimmed: redo what is left of it
+                count, _ = chunks.popleft()
+                left = self.first + count - trimmed
+                items = [[k, v] for k, v in islice(dedup.items(), left)]
+                chunks.appendleft((left, _dumps(items)[1:-1]))
+                self.total -= count - left
+            self.first = trimmed
+        new = len(dedup) - self.total
+        if new:
+            tail = [[k, v] for k, v in islice(reversed(dedup.items()), new)]
+            tail.reverse()
+            chunks.append((new, _dumps(tail)[1:-1]))
+            self.total += new
+        if len(chunks) > self.MAX_CHUNKS:
+            merged = ",".join([t for _, t in chunks])
+            chunks.clear()
+            chunks.append((self.total, merged))
+        return f"[{','.join([t for _, t in chunks])}]"
+
+
+def _dedup_json(state: CrossingState) -> str:
+    cache = state.dedup_json
+    if cache is None:
+        cache = state.dedup_json = DedupJson(state.dedup_trimmed)
+    text: str = cache.text(state)
+    return text
+
+
 def encode_state(state: CrossingState) -> bytes:
     """Serialise one crossing's state (compact JSON; keys in a fixed order)."""
     c = state.counters
@@ -68,13 +128,15 @@ def encode_state(state: CrossingState) -> bytes:
         "wm": state.watermark,
         "n": [c.accepted, c.duplicates, c.late, c.replayed],
         "applied": [[p, o] for p, o in state.applied.items()],
-        "dedup": [[k, v] for k, v in state.dedup.items()],
     }
     snap = [
         [list(lane_key), index, start, row]
         for (lane_key, index, start), row in state.snapshots.items()
     ]
-    text = f'{_dumps(head)[:-1]},"lanes":{_lanes_json(state)},"snap":{_dumps(snap)}}}'
+    text = (
+        f'{_dumps(head)[:-1]},"dedup":{_dedup_json(state)},"lanes":{_lanes_json(state)},'
+        f'"snap":{_dumps(snap)}}}'
+    )
     return text.encode()
 
 
