@@ -51,7 +51,7 @@ SMOKE = Plan(
 FULL = Plan(
     mode="full", runs=3, limit_reports=1_000_000, aggregator_reports=15_000,
     aggregator_crossings=1000, aggregator_span_hours=48, peer_reports=5_000, peer_crossings=100,
-    peer_span_hours=12, e2e_rates=(250, 1000, 5000, 10_000, 20_000), e2e_seconds=15.0,
+    peer_span_hours=12, e2e_rates=(50, 250, 1000, 5000, 10_000, 20_000), e2e_seconds=15.0,
     e2e_crossings=1000, e2e_drain_s=30.0, e2e_runs=1, query_reports=10_000_000,
     query_crossings=1000, query_repeats=7, sink_reports=50_000, sink_windows=50_000,
     install_peer=True,
