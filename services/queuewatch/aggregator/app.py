@@ -18,6 +18,7 @@ from typing import Any
 import faust
 
 from queuewatch.aggregator import checkpoint
+from queuewatch.aggregator.emit import WindowBatches
 from queuewatch.aggregator.intake import RawMessage, intake, reader_schema
 from queuewatch.aggregator.state import AggregationConfig, CrossingState, Outcome
 from queuewatch.aggregator.state_codec import decode_state, encode_state
@@ -285,10 +286,9 @@ class Aggregator:
     async def _emit(self) -> None:
         pending, self.changed = self.changed, set()
         now = int(time.time() * 1000)
-        producer = self.app.producer
-        topic = self.common.windows_topic
-        sends: list[Any] = []
         try:
+            # One record batch per partition (see emit), acknowledged before we return.
+            out = await WindowBatches.for_app(self.app.producer, self.common.windows_topic)
             for cid in pending:
                 state = self.states.get(cid)
                 if state is None:
@@ -296,9 +296,8 @@ class Aggregator:
                 key = cid.encode()
                 for row in state.take_changed():
                     row["updated_at"] = now
-                    value = encode(row, self.window_schema)
-                    sends.append(await producer.send(topic, key, value, None, None, None))
-            await asyncio.gather(*sends)
+                    await out.add(key, encode(row, self.window_schema))
+            await out.finish()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
