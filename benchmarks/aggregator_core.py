@@ -12,7 +12,7 @@ The run prints reports/s per stage and end to end, windows/s, and a SHA-256 dige
 state record and window payload produced: an optimisation must leave the digest unchanged
 (same bytes, same versions), so the benchmark doubles as a regression check.
 
-Usage: ``python -m benchmarks.aggregator_core [--case dense,sparse,sim] [--profile]``.
+Usage: ``python -m benchmarks.aggregator_core [--case dense,sparse,sim] [--repeat 3] [--profile]``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 from queuewatch.aggregator.app import Aggregator
 from queuewatch.aggregator.intake import RawMessage, intake, reader_schema
 from queuewatch.aggregator.state import AggregationConfig, CrossingState
+from queuewatch.aggregator.window_codec import window_encoder
 from queuewatch.contract.codec import encode
 from queuewatch.contract.schemas import CROSSING_WINDOW, QUEUE_REPORT, default_registry
 
@@ -135,7 +136,7 @@ class Timings:
 def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str]:
     """Process the case batch by batch; return stage timings and the output digest."""
     reader = reader_schema()
-    window_schema = default_registry().latest(CROSSING_WINDOW)
+    encode_window = window_encoder(default_registry().latest(CROSSING_WINDOW))
     states: dict[str, CrossingState] = {}
     digest = hashlib.sha256()
     tm = Timings()
@@ -166,7 +167,7 @@ def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str
         t4 = clock()
         for row in rows:
             row["updated_at"] = UPDATED_AT
-            digest.update(encode(row, window_schema))
+            digest.update(encode_window(row))
         t5 = clock()
         tm.windows_out += len(rows)
         tm.intake += t1 - t0
@@ -175,6 +176,10 @@ def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str
         tm.windows += t4 - t3
         tm.encode += t5 - t4
     return tm, digest.hexdigest()
+
+
+def _total(tm: Timings) -> float:
+    return tm.intake + tm.apply + tm.state + tm.windows + tm.encode
 
 
 def make_case(name: str, scale: float) -> Case:
@@ -194,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", default="dense,sparse,sim")
     parser.add_argument("--batch", type=int, default=5000, help="reports per batch")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the input sizes")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest is shown")
     parser.add_argument("--profile", action="store_true", help="print a cProfile summary")
     args = parser.parse_args(argv)
     config = AggregationConfig.from_spec("1h:1h:5m,3h:3h:15m,24h:24h:1h", "2h")
@@ -203,11 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         prof = cProfile.Profile() if args.profile else None
         if prof:
             prof.enable()
-        tm, digest = run(case, config, args.batch)
+        best: tuple[Timings, str] | None = None
+        for _ in range(max(args.repeat, 1)):  # a shared machine is noisy: keep the fastest
+            tm, digest = run(case, config, args.batch)
+            if best is None or _total(tm) < _total(best[0]):
+                best = (tm, digest)
+        assert best is not None
+        tm, digest = best
         if prof:
             prof.disable()
             pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
-        total = tm.intake + tm.apply + tm.state + tm.windows + tm.encode
+        total = _total(tm)
         print(
             f"{case.name:6s} reports={n} windows={tm.windows_out} "
             f"total={n / total:,.0f} reports/s ({tm.windows_out / total:,.0f} windows/s) | "

@@ -22,7 +22,7 @@ from queuewatch.aggregator.emit import WindowBatches
 from queuewatch.aggregator.intake import RawMessage, intake, reader_schema
 from queuewatch.aggregator.state import AggregationConfig, CrossingState, Outcome
 from queuewatch.aggregator.state_codec import decode_state, encode_state
-from queuewatch.contract.codec import encode
+from queuewatch.aggregator.window_codec import window_encoder
 from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
 from queuewatch.errors import ConfigurationError
 from queuewatch.settings import AggregatorSettings, CommonSettings
@@ -78,6 +78,7 @@ class Aggregator:
         )
         self.reader = reader_schema()
         self.window_schema = default_registry().latest(CROSSING_WINDOW)
+        self.encode_window = window_encoder(self.window_schema)
         self.states: dict[str, CrossingState] = {}
         self.changed: set[str] = set()
         self.totals = {"messages": 0, "dead": 0, **{o.value: 0 for o in Outcome}}
@@ -296,7 +297,7 @@ class Aggregator:
                 key = cid.encode()
                 for row in state.take_changed():
                     row["updated_at"] = now
-                    await out.add(key, encode(row, self.window_schema))
+                    await out.add(key, self.encode_window(row))
             await out.finish()
         except asyncio.CancelledError:
             raise
