@@ -48,7 +48,7 @@ def migrate() -> None:
                     "the migrations when it started; nothing to do"
                 )
                 return
-            lock = ownership.acquire(chdb_folder(url), "")
+            lock = ownership.acquire(chdb_folder(url), "", wait_s=ownership.OWNER_WAIT_S)
         else:
             lock = None
         try:

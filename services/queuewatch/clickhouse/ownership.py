@@ -1,8 +1,11 @@
 """Who owns an embedded ClickHouse folder: a lock file and a note of where it answers queries.
 
-chdb opens a folder in one process only. The process that owns it (``queuewatch sink all``)
-holds an exclusive ``flock`` on ``<folder>/queuewatch-owner.lock`` for its whole life and
-writes its pid and query address next to it. A lock, unlike a pid file alone, cannot go stale:
+chdb opens a folder in one process only. Every process that opens the folder holds an exclusive
+``flock`` on ``<folder>/queuewatch-owner.lock`` while it has it open: the owner
+(``queuewatch sink all``) for its whole life, with its pid and query address written next to
+it; a short-lived ``queuewatch query`` or ``migrate`` only for its one statement. chdb's own
+lock would refuse the second opener with an error after the fact; taking ours first turns that
+race into a wait. A lock, unlike a pid file alone, cannot go stale:
 the kernel drops it when the process dies, even by SIGKILL, so a reader never routes a query
 to a dead process or waits on one.
 """
@@ -13,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -21,6 +25,9 @@ from queuewatch.clickhouse.exceptions import EngineBusyError
 
 LOCK_NAME = "queuewatch-owner.lock"
 NOTE_NAME = "queuewatch-owner.json"
+#: How long to wait for a folder held by a process that answers no queries: an owner starting
+#: up, or a `queuewatch query` / `migrate` holding it for one statement (well under a second).
+OWNER_WAIT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -47,13 +54,25 @@ class FolderLock:
         self._handle.close()
 
 
-def acquire(folder: Path, query_address: str) -> FolderLock:
-    """Take the folder for this process, or raise EngineBusyError naming the owner."""
+def acquire(folder: Path, query_address: str, wait_s: float = 0.0) -> FolderLock:
+    """Take the folder for this process, or raise EngineBusyError naming the owner.
+
+    ``wait_s`` lets the long-lived owner wait out a `queuewatch query` or `migrate` that holds
+    the folder for a moment, instead of failing while it starts.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     handle = (folder / LOCK_NAME).open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            owner = current_owner(folder)
+            # Only a short-lived holder (no query address) is worth waiting for.
+            if time.monotonic() < deadline and (owner is None or not owner.query_address):
+                time.sleep(0.1)
+                continue
         handle.close()
         owner = current_owner(folder)
         who = f"process {owner.pid}" if owner else "another process"

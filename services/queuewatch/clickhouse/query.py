@@ -7,10 +7,11 @@ types print as ClickHouse prints them.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors, connect
-from queuewatch.clickhouse.exceptions import ClickHouseError, QueryServerError
+from queuewatch.clickhouse.exceptions import ClickHouseError, EngineBusyError, QueryServerError
 from queuewatch.errors import ConfigurationError
 
 READONLY = 164
@@ -60,26 +61,44 @@ def query_projections(url: str, database: str, sql: str, output: OutputFormat) -
     from queuewatch.clickhouse.client import chdb_folder, is_embedded
     from queuewatch.clickhouse.query_server import routed_query
 
+    lock = None
     if is_embedded(url):
         folder = chdb_folder(url)
-        owner = ownership.current_owner(folder)
-        if owner is not None:
-            if not owner.query_address:
-                raise QueryServerError(
-                    f"the embedded ClickHouse folder is open in process {owner.pid}, which "
-                    "does not answer queries (it may be starting or migrating); retry in a moment"
-                )
-            return routed_query(owner.query_address, sql, output)
         if not folder.is_dir():
             raise ConfigurationError(
                 f"no embedded ClickHouse at {folder}; run `queuewatch migrate` or "
                 "`queuewatch up` first, or set QUEUEWATCH_CLICKHOUSE_URL"
             )
-    client = readonly_client(url, database)
+        # Route to the owner, or take the folder for this one statement. A holder without a
+        # query address is an owner starting up or another short query: wait for it.
+        deadline = time.monotonic() + ownership.OWNER_WAIT_S
+        while lock is None:
+            owner = ownership.current_owner(folder)
+            if owner is not None and owner.query_address:
+                return routed_query(owner.query_address, sql, output)
+            if owner is None:
+                try:
+                    lock = ownership.acquire(folder, "")
+                    break
+                except EngineBusyError:
+                    pass  # taken between the look and the grab: look again
+            if time.monotonic() >= deadline:
+                holder = owner.pid if owner else "another process"
+                raise QueryServerError(
+                    f"the embedded ClickHouse folder is open in process {holder}, "
+                    "which does not answer queries (it may be starting or migrating); "
+                    "retry in a moment"
+                )
+            time.sleep(0.1)
     try:
-        return run_query(client, sql, output)
+        client = readonly_client(url, database)
+        try:
+            return run_query(client, sql, output)
+        finally:
+            client.close()
     finally:
-        client.close()
+        if lock is not None:
+            lock.release()
 
 
 def run_query(client: Any, sql: str, output: OutputFormat) -> bytes:

@@ -126,7 +126,12 @@ def run_sinks(
         logging.getLogger("kafka").setLevel(logging.WARNING)
     url = common.resolved_clickhouse_url
     embedded = is_embedded(url)
-    lock = ownership.acquire(chdb_folder(url), common.query_address) if embedded else None
+    lock = (
+        # A `queuewatch query` or `migrate` may hold the folder for a moment: wait it out.
+        ownership.acquire(chdb_folder(url), common.query_address, wait_s=ownership.OWNER_WAIT_S)
+        if embedded
+        else None
+    )
     clients: list[Any] = []
     server: QueryServer | None = None
     threads: list[threading.Thread] = []
