@@ -69,7 +69,7 @@ def summary(result: dict[str, Any], result_path: str) -> str:
         lines += [
             f"| aggregator, 1 worker ({n:,} reports, {agg['dataset']['crossings']:,} crossings)"
             f" | throughput until the last window is emitted | {_fmt(med['events_per_s'])} "
-            f"events/s ({_fmt(agg.get('ratio_to_limit'), 2)} of the limit) |",
+            f"events/s ({_fmt((agg.get('ratio_to_limit') or 0) * 100, 2)} % of the limit) |",
             f"| aggregator | peak RSS / memory per active crossing | "
             f"{_fmt(med['peak_rss_mib'])} MiB / {_fmt(med['kib_per_active_crossing'], 1)} KiB |",
             f"| aggregator | start-up (process start to probe committed) | "
@@ -172,10 +172,12 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    axes[0].set_ylabel("latency (s), median of runs")
+    runs = len(e2e["rates"][0]["runs"])
+    axes[0].set_ylabel(f"latency (s), median of {runs} run(s) per rate")
     m = result["machine"]
     fig.suptitle(
-        f"queuewatch end to end on {m['nproc']} cores ({result['started_at'][:10]}); red: lag grew",
+        f"queuewatch end to end on {m['nproc']} cores ({result['started_at'][:10]}); red: not "
+        "sustained (reports still invisible at the end: values are lower bounds)",
         fontsize=10,
     )
     fig.tight_layout()

@@ -92,7 +92,7 @@ def aggregator(ctx: Context) -> dict[str, Any]:
     }
     limit = ctx.results.get("limit", {}).get("limit_events_per_s")
     if limit:
-        out["ratio_to_limit"] = round(out["median"]["events_per_s"] / limit, 3)
+        out["ratio_to_limit"] = round(out["median"]["events_per_s"] / limit, 5)
     return out
 
 
