@@ -22,9 +22,9 @@ pytestmark = pytest.mark.chaos
 @pytest.mark.xfail(
     strict=False,
     reason=(
-        "KNOWN BUG (issue 4 stays open): in about one CI run in three, after two SIGKILLs the "
-        "newest reports of one crossing never reach its windows: faust's committed offset can "
-        "pass reports whose state record was not durable. Kept running so every run shows "
+        "KNOWN BUG (issue 4 stays open): in 2 of 8 runs seen, after two SIGKILLs the newest "
+        "reports of one crossing never reached its windows; likely faust's committed offset "
+        "passed reports whose state record was not durable. Kept running so every run shows "
         "XPASS or XFAIL; the fix is to store the per-partition position with the state and "
         "seek to it on assignment instead of trusting faust's commit."
     ),
