@@ -30,6 +30,8 @@ from queuewatch.settings import AggregatorSettings, CommonSettings
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "crossing-state"
+#: Largest state record (and so producer request) the aggregator writes: 16 MiB.
+STATE_RECORD_MAX_BYTES = 16 * 1024 * 1024
 #: Written first in every state record, so a restart finds states with unsent windows
 #: without parsing them all.
 _CHANGED_MARK = b'{"f":1,"chg":1,'
@@ -107,6 +109,10 @@ class Aggregator:
             table_standby_replicas=0,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
+            # A crossing's state record holds the snapshots of windows that closed since the
+            # last flush; a replay over days of event time grew one past Kafka's 1 MB default
+            # and the worker died on MessageSizeTooLargeError. Mitigation, not a bound.
+            producer_max_request_size=STATE_RECORD_MAX_BYTES,
             broker_commit_interval=1.0,
             broker_session_timeout=10.0,
             broker_heartbeat_interval=1.0,
@@ -130,6 +136,7 @@ class Aggregator:
             key_type=bytes,
             value_type=bytes,
             help="One state record per crossing: panes, watermark, de-duplication, offsets.",
+            extra_topic_configs={"max.message.bytes": str(STATE_RECORD_MAX_BYTES)},
         )
         app.agent(self.reports, name="aggregate", concurrency=1)(self._agent)
         app.timer(s.aggregator_flush_interval_s)(self._flush_windows)
