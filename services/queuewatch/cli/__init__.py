@@ -12,6 +12,10 @@ from queuewatch.cli.app import app
 
 def main() -> None:
     """Entry point of the `queuewatch` console script."""
+    from queuewatch.platform.processes import start_orphan_watchdog
+    from queuewatch.settings import SupervisorSettings
+
+    start_orphan_watchdog(SupervisorSettings().stop_timeout_s)
     app()
 
 

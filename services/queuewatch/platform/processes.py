@@ -145,3 +145,36 @@ def processes_with_env(key: str, value: str) -> list[int]:
         if needle in environ.split(b"\0") and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+#: Set by `queuewatch up` in each child's environment: the supervisor's pid.
+SUPERVISOR_PID_ENV = "QUEUEWATCH_SUPERVISOR_PID"
+#: Exit status of a child that gave up a graceful stop after its supervisor died (EX_TEMPFAIL).
+EXIT_ORPHANED = 75
+
+
+def start_orphan_watchdog(grace_s: float) -> None:
+    """In a child of `queuewatch up`: exit at most ``grace_s`` after the supervisor is gone.
+
+    The parent-death signal asks the child to stop gracefully, but a graceful stop can wait
+    forever on a broker that died with the same supervisor (seen: the aggregator's faust
+    shutdown outliving a SIGKILLed `up`). Every write of ours is safe to cut short (offsets are
+    committed only after the writes they cover), so after the grace the child just exits.
+    """
+    import threading
+    import time
+
+    # Popped, so that processes this child starts are not taken for children of `up`.
+    expected = os.environ.pop(SUPERVISOR_PID_ENV, "")
+    if not expected.isdigit():
+        return  # not started by `up`: nothing to watch
+    supervisor = int(expected)
+
+    def watch() -> None:
+        # Already reparented when `up` died before this process got here: the grace starts now.
+        while os.getppid() == supervisor:
+            time.sleep(1.0)
+        time.sleep(grace_s)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="orphan-watchdog", daemon=True).start()

@@ -51,7 +51,7 @@ from queuewatch.platform.preflight import (
     check_query_port_free,
     check_remote_kafka,
 )
-from queuewatch.platform.processes import describe_exit
+from queuewatch.platform.processes import SUPERVISOR_PID_ENV, describe_exit
 from queuewatch.platform.supervisor import Supervisor
 from queuewatch.resources import REPO_ROOT
 from queuewatch.settings import BrokerSettings, CommonSettings, SupervisorSettings
@@ -330,6 +330,7 @@ class UpRun:
                 "QUEUEWATCH_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
                 "QUEUEWATCH_CLICKHOUSE_URL": self.settings.resolved_clickhouse_url,
                 "PYTHONUNBUFFERED": "1",
+                SUPERVISOR_PID_ENV: str(os.getpid()),
             }
         )
         return env
