@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from queuewatch.platform.broker import free_port, kafka_answers
+from queuewatch.platform.broker import kafka_answers
 from queuewatch.platform.processes import pid_alive, processes_with_env
 from queuewatch.platform.up import READY_LINE, STATE_NAME
+from tests.integration.test_platform_failures import up_env as make_up_env
 
 pytestmark = pytest.mark.chaos
 
@@ -78,20 +79,12 @@ class UpProcess:
 
 @pytest.fixture
 def up_env(tmp_path: Path, kafka_libs: Path) -> dict[str, str]:
-    home = (tmp_path / "home").resolve()
-    env = dict(os.environ)
-    env.update(
-        {
-            "QUEUEWATCH_HOME": str(home),
-            "QUEUEWATCH_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-            "QUEUEWATCH_KAFKA_CONTROLLER_PORT": str(free_port()),
-            "QUEUEWATCH_QUERY_ADDRESS": f"127.0.0.1:{free_port()}",
-            "QUEUEWATCH_KAFKA_LIBS": str(kafka_libs),
-            "QUEUEWATCH_KAFKA_HEAP": "384m",
-            "QUEUEWATCH_RESTART_BACKOFF_INITIAL_S": "0.5",
-        }
+    return make_up_env(
+        (tmp_path / "home").resolve(),
+        kafka_libs,
+        QUEUEWATCH_KAFKA_HEAP="384m",
+        QUEUEWATCH_RESTART_BACKOFF_INITIAL_S="0.5",
     )
-    return env
 
 
 def left_behind(home: Path, timeout_s: float = 0.0) -> list[int]:
