@@ -19,16 +19,6 @@ from tests.integration.test_aggregator_harness import (
 pytestmark = pytest.mark.chaos
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "KNOWN BUG (issue 4 stays open): in 2 of 8 runs seen, after two SIGKILLs the newest "
-        "reports of one crossing never reached its windows; likely faust's committed offset "
-        "passed reports whose state record was not durable. Kept running so every run shows "
-        "XPASS or XFAIL; the fix is to store the per-partition position with the state and "
-        "seek to it on assignment instead of trusting faust's commit."
-    ),
-)
 def test_sigkill_mid_stream_and_restart_gives_the_same_final_windows(
     bootstrap: str, unique: str, tmp_path: Path
 ) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from queuewatch.aggregator.intake import H_CODE, H_OFFSET, H_PARTITION, H_TOPIC
 from tests.integration.test_aggregator_harness import (
@@ -77,3 +81,66 @@ def test_one_partition_and_twelve_partitions_give_the_same_windows(
             }
         )
     assert finals[0] == finals[1]
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    """How many messages of ``topic`` the group has committed (0 while the broker cannot say)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    except KafkaError:  # e.g. the group coordinator is still loading
+        return 0
+    finally:
+        admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
+
+
+def _commit_to_end(bootstrap: str, group: str, topic: str) -> int:
+    """Commit the group's offsets to the end of ``topic``, as a client that ran ahead would."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        ends = consumer.end_offsets(tps)
+    finally:
+        consumer.close()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = {tp: OffsetAndMetadata(n, "", -1) for tp, n in ends.items()}
+        admin.alter_group_offsets(group, offsets)
+    finally:
+        admin.close()
+    return sum(ends.values())
+
+
+def test_a_committed_offset_past_unapplied_reports_does_not_lose_them(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    """The group's committed offset is only a hint: the restart resumes at its own position."""
+    settings = make_topics(bootstrap, unique, partitions=3)
+    scenario = make_scenario(seed=21, crossings=3, per_crossing=150)
+    expected = reference_windows(scenario.valid_in_order)
+    half = len(scenario.messages) // 2
+    group = f"agg-{unique}"
+    agg = AggregatorProcess(settings, tmp_path, group=group)
+    publish(bootstrap, settings.reports_topic, scenario.messages[:half])
+    agg.start()
+    deadline = time.monotonic() + 120
+    while _committed(bootstrap, group, settings.reports_topic) < half:
+        assert agg.alive() and time.monotonic() < deadline, agg.logs()
+        time.sleep(0.5)
+    assert agg.stop() == 0, agg.logs()
+
+    # The second half is in the log, but the group's offsets say it was all consumed.
+    publish(bootstrap, settings.reports_topic, scenario.messages[half:])
+    assert _commit_to_end(bootstrap, group, settings.reports_topic) == len(scenario.messages)
+    assert _committed(bootstrap, group, settings.reports_topic) == len(scenario.messages)
+
+    agg.start()
+    reader = WindowReader(bootstrap, settings.windows_topic)
+    try:
+        problems = reader.wait_for(expected, timeout_s=120)
+        assert problems == [], "\n".join(problems) + "\n" + agg.logs()
+    finally:
+        code = agg.stop()
+        reader.close()
+    assert code == 0, agg.logs()

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from queuewatch.aggregator import checkpoint
 from queuewatch.aggregator.emit import WindowBatches
 from queuewatch.aggregator.intake import RawMessage, intake, reader_schema
+from queuewatch.aggregator.ordering import LogOrder, Verdict
 from queuewatch.aggregator.state import AggregationConfig, CrossingState, Outcome
 from queuewatch.aggregator.state_codec import decode_state, encode_state
 from queuewatch.aggregator.window_codec import window_encoder
@@ -35,6 +37,13 @@ STATE_RECORD_MAX_BYTES = 16 * 1024 * 1024
 #: Written first in every state record, so a restart finds states with unsent windows
 #: without parsing them all.
 _CHANGED_MARK = b'{"f":1,"chg":1,'
+#: Table key of a reports partition's position record (see :mod:`checkpoint`); the NUL
+#: keeps it apart from every crossing id.
+_POSITION_KEY = b"\x00position/%d"
+#: How often a partition with a hole is sought back again until the missing offset arrives:
+#: faust drops re-fetched messages below offsets it is still delivering from an earlier
+#: fetch (``Consumer._read_offset``), so one seek is not always enough.
+_RESEEK_EVERY_S = 1.0
 
 
 def topic_partitions(bootstrap: str, topic: str) -> int:
@@ -83,10 +92,20 @@ class Aggregator:
         self.encode_window = window_encoder(self.window_schema)
         self.states: dict[str, CrossingState] = {}
         self.changed: set[str] = set()
-        self.totals = {"messages": 0, "dead": 0, **{o.value: 0 for o in Outcome}}
+        self.totals = {
+            "messages": 0,
+            "dead": 0,
+            **{o.value: 0 for o in Outcome},
+            "redelivered": 0,  # below the partition's next offset: applied before, skipped
+            "holes": 0,  # above it: the partition was sought back
+        }
         self._scan_needed = True
         self._stopping = False
         self._emit_lock = asyncio.Lock()
+        #: each owned reports partition's next offset: applied in log order, without holes
+        self.order = LogOrder(_RESEEK_EVERY_S)
+        #: position records of durable batches, sent with the next batch's writes
+        self._positions: dict[int, int] = {}
         self.app = self._build_app(partitions)
 
     # --- wiring -------------------------------------------------------------------------------
@@ -138,6 +157,7 @@ class Aggregator:
             help="One state record per crossing: panes, watermark, de-duplication, offsets.",
             extra_topic_configs={"max.message.bytes": str(STATE_RECORD_MAX_BYTES)},
         )
+        self.table.on_recover(self._on_recovered)
         app.agent(self.reports, name="aggregate", concurrency=1)(self._agent)
         app.timer(s.aggregator_flush_interval_s)(self._flush_windows)
         app.timer(30.0)(self._log_totals)
@@ -152,6 +172,44 @@ class Aggregator:
         for cid in [c for c, st in self.states.items() if set(st.applied) & gone]:
             del self.states[cid]
             self.changed.discard(cid)
+        for partition in gone:
+            self.order.disown(partition)
+            self._positions.pop(partition, None)
+
+    async def _on_recovered(self) -> None:
+        """The table holds every durable record again: start each new partition at its position.
+
+        Runs after faust restored the changelog and before it resumes the reports partitions.
+        A partition's start is its position record (the first offset not durably applied),
+        else the partition's first offset: never faust's committed offset, which can be ahead
+        of what is durable (see checkpoint); the start is committed for the group, so faust's
+        seek lands there. Partitions kept through a rebalance keep their in-memory position.
+        """
+        consumer = self.app.consumer
+        fresh = [
+            tp
+            for tp in consumer.assignment()
+            if tp.topic == self.common.reports_topic and not self.order.owns(tp.partition)
+        ]
+        if not fresh:
+            return
+        # Below the first offset still in the log (retention deleted it) is nowhere to go.
+        earliest = await consumer.earliest_offsets(*fresh)
+        starts = {}
+        for tp in fresh:
+            data = self.table.data.get(_POSITION_KEY % tp.partition)
+            start = int(earliest.get(tp) or 0)
+            if data:
+                start = max(start, checkpoint.decode_position(data))
+            self.order.own(tp.partition, start)
+            starts[tp] = start
+        # faust seeks every partition to the group's committed offset right after this
+        # callback: make that offset ours (faust has no public hook after its seek).
+        await consumer._commit(starts)  # type: ignore[attr-defined]
+        log.info(
+            "starting reports partitions at %s",
+            {tp.partition: offset for tp, offset in sorted(starts.items())},
+        )
 
     async def _on_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
         self._scan_needed = True
@@ -173,19 +231,112 @@ class Aggregator:
         ):
             checkpoint.hold(events)
             try:
+                fresh = await self._in_log_order(events)
                 # Never write a state between an emission's take and its delivery: the state
                 # record must keep marking windows whose emission is not yet durable.
                 async with self._emit_lock:
-                    writes = self._process(events)
+                    writes = self._process(fresh)
                     await checkpoint.wait_durable(writes)
+                    self._note_positions(fresh)
             except asyncio.CancelledError:
                 raise  # stopping: the batch stays unacked and is replayed on restart
             except BaseException as exc:
                 checkpoint.die_unsafe("processing a batch", exc)
             await checkpoint.release(stream, events)
 
+    async def _in_log_order(self, events: list[Any]) -> list[Any]:
+        """The events to apply: each partition's next offsets, in order (see ``ordering``)."""
+        fresh: list[Any] = []
+        seek: dict[TP, int] = {}
+        order = self.order
+        now = time.monotonic()
+        for event in events:
+            m = event.message
+            verdict = order.admit(m.partition, m.offset, now)
+            if verdict is Verdict.APPLY:
+                fresh.append(event)
+            elif verdict is Verdict.REDELIVERED:
+                self.totals["redelivered"] += 1
+            elif verdict is Verdict.HOLE:
+                self.totals["holes"] += 1
+                want = order.holes[m.partition].offset
+                seek[m.tp] = want
+                log.warning(
+                    "partition %d: got offset %d, expected %d (the client skipped messages); "
+                    "seeking back",
+                    m.partition,
+                    m.offset,
+                    want,
+                )
+        if seek:
+            await self._seek(seek)
+        return fresh
+
+    async def _seek(self, seek: dict[TP, int]) -> None:
+        try:
+            await self.app.consumer.seek_wait(seek)
+        except Exception:
+            if set(seek) & self.app.consumer.assignment():
+                raise  # still ours and not sought back: unsafe to go on (exit, replay)
+            log.info("partitions %s were revoked while seeking back", sorted(seek))
+
+    async def _repair_holes(self) -> None:
+        """Seek partitions with a hole back again until the missing offset arrives.
+
+        A hole is never skipped: our producers leave no gaps in the reports topic (no
+        transactions, no compaction); only retention can delete an offset for good.
+        """
+        now = time.monotonic()
+        due = self.order.due(now)
+        if not due:
+            return
+        tps = {TP(self.common.reports_topic, p): offset for p, offset in due.items()}
+        earliest = await self.app.consumer.earliest_offsets(*tps)
+        for tp, offset in list(tps.items()):
+            first = int(earliest.get(tp) or 0)
+            if self.order.skip_deleted(tp.partition, first):
+                log.warning(
+                    "partition %d: offsets %d..%d were deleted by retention; going on at %d",
+                    tp.partition,
+                    offset,
+                    first - 1,
+                    first,
+                )
+                tps[tp] = first
+            hole = self.order.holes[tp.partition]
+            if now - hole.found_at > 30:
+                log.error(
+                    "partition %d: offset %d still missing after %.0f s of seeking back",
+                    tp.partition,
+                    hole.offset,
+                    now - hole.found_at,
+                )
+        await self._seek(tps)
+
+    def _note_positions(self, events: list[Any]) -> None:
+        """After a batch is durable: queue its partitions' position records.
+
+        They are sent with the next batch's writes (or by the flush timer), so a position
+        never reaches the broker before the writes it covers.
+        """
+        for partition in {event.message.partition for event in events}:
+            if self.order.owns(partition):  # else revoked meanwhile: the new owner records it
+                self._positions[partition] = self.order.next[partition]
+
+    def _send_positions(self) -> list[Any]:
+        """Write the queued position records; returns the writes."""
+        positions, self._positions = self._positions, {}
+        writes = []
+        for partition, offset in positions.items():
+            key = _POSITION_KEY % partition
+            data = checkpoint.encode_position(offset)
+            self.table.data[key] = data
+            writes.append(self.table.send_changelog(partition, key, data, "raw", "raw"))
+        return writes
+
     def _process(self, events: list[Any]) -> list[Any]:
         """Steps 2 and 3 of the checkpoint protocol; returns the writes to wait for."""
+        writes: list[Any] = self._send_positions()  # of the previous batch, durable by now
         raw = []
         for event in events:
             m = event.message
@@ -215,7 +366,6 @@ class Aggregator:
             replayed += outcome is Outcome.REPLAYED
         if replayed:
             log.info("skipped %d reports applied before a restart (at-least-once replay)", replayed)
-        writes: list[Any] = []
         producer = self.app.producer
         for cid, partition in touched.items():
             state = self.states[cid]
@@ -286,10 +436,25 @@ class Aggregator:
         ):
             self._scan_needed = False
             self._scan_unsent()
-        if not self.changed:
-            return
-        async with self._emit_lock:
-            await self._emit()
+        if self.order.holes:
+            async with self._emit_lock:
+                try:
+                    await self._repair_holes()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the hole stays; the next tick seeks again
+                    log.warning("seeking back over a hole failed (%s); retrying", exc)
+        if self.changed:
+            async with self._emit_lock:
+                await self._emit()
+        if self._positions:  # traffic stopped after a batch: record where we are
+            async with self._emit_lock:
+                try:
+                    await checkpoint.wait_durable(self._send_positions())
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # harmless: a restart replays a little more
+                    log.warning("position record not written (%s); the next batch writes it", exc)
 
     async def _emit(self) -> None:
         pending, self.changed = self.changed, set()
