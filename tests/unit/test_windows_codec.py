@@ -45,6 +45,25 @@ def test_direct_encoder_writes_the_same_bytes_as_fastavro(row: dict[str, Any]) -
     assert decode(data, SCHEMA) == row
 
 
+BOUNDARY = st.sampled_from([-1, 0, 1, 8191, 8192, 2**31 - 1, -(2**31), 1_700_000_000_000])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(rows, min_size=2, max_size=30), st.lists(BOUNDARY, min_size=1))
+def test_one_encoder_reused_over_many_rows_keeps_writing_fastavros_bytes(
+    batch: list[dict[str, Any]], longs: list[int]
+) -> None:
+    encoder = compile_encoder(SCHEMA)
+    assert encoder is not None
+    int_fields = [f["name"] for f in SCHEMA.parsed["fields"] if f["type"] in ("int", "long")]
+    for i, row in enumerate(batch):  # values at the edges of the encoder's small-value table
+        row[int_fields[i % len(int_fields)]] = longs[i % len(longs)]
+
+    # twice over: the second pass is served from the encoder's caches
+    for row in batch + batch:
+        assert encoder(row) == encode(row, SCHEMA)
+
+
 def test_schema_with_other_field_kinds_falls_back_to_fastavro() -> None:
     report = default_registry().latest(QUEUE_REPORT)  # has records, enums and nested unions
 

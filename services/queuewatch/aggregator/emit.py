@@ -28,6 +28,9 @@ class WindowBatches:
         self.open: dict[int, Any] = {}  # partition -> BatchBuilder being filled
         self.sent: list[Any] = []  # futures of submitted batches
         self.count = 0
+        #: key -> partition: every row of a crossing has the same key, and the partitioner
+        #: (a pure-Python murmur2 hash, ~3 µs) would give the same answer for each of them
+        self.partitions: dict[bytes, int] = {}
 
     @classmethod
     async def for_app(cls, faust_producer: Any, topic: str) -> WindowBatches:
@@ -37,8 +40,13 @@ class WindowBatches:
         return cls(producer, topic)
 
     def _partition(self, key: bytes) -> int:
-        # The producer's own choice for this key (what ``send`` would pick).
-        partition: int = self.producer._partition(self.topic, None, key, None, key, None)
+        # The producer's own choice for this key (what ``send`` would pick), asked once per key
+        # and flush: a flush lives a moment, and one partition per key keeps its rows in order.
+        partition = self.partitions.get(key)
+        if partition is None:
+            partition = self.partitions[key] = self.producer._partition(
+                self.topic, None, key, None, key, None
+            )
         return partition
 
     async def add(self, key: bytes, value: bytes) -> None:

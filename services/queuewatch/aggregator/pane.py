@@ -12,8 +12,10 @@ equals the window computed from its reports directly (the property tests check i
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable
-from itertools import chain
+from itertools import accumulate, chain
+from operator import itemgetter
 from typing import Any
 
 from queuewatch.aggregator.sketch import QuantileSketch, bin_value
@@ -129,13 +131,20 @@ class Pane:
         length_km: float | None,
         status: str,
     ) -> None:
-        """Count one accepted report."""
+        """Count one accepted report.
+
+        Runs once per report and window family, so the ``last`` updates are written out:
+        ``last < order`` is :func:`_later`'s rule, since a ``Last`` compares with the shorter
+        ``order`` on ``(observed_at, seq)`` first and is larger when that part is equal.
+        """
+        order = (observed_at, seq)
         self.json = None
         self.reports += 1
         if seq > self.seq_max:
             self.seq_max = seq
         self.sources.add(source)
-        if self.last_observed_at is None or observed_at > self.last_observed_at:
+        newest = self.last_observed_at
+        if newest is None or observed_at > newest:
             self.last_observed_at = observed_at
         if wait is not None:
             self.w_n += 1
@@ -144,22 +153,30 @@ class Pane:
                 self.w_min = wait
             if self.w_max is None or wait > self.w_max:
                 self.w_max = wait
-            self.w_last = _later(self.w_last, (observed_at, seq, wait))
+            last = self.w_last
+            if last is None or last < order:
+                self.w_last = (observed_at, seq, wait)
             self.w_sketch.add(wait)
         if vehicles is not None:
             self.v_n += 1
             self.v_sum += vehicles
             if self.v_max is None or vehicles > self.v_max:
                 self.v_max = vehicles
-            self.v_last = _later(self.v_last, (observed_at, seq, vehicles))
+            last = self.v_last
+            if last is None or last < order:
+                self.v_last = (observed_at, seq, vehicles)
         if length_km is not None:
             self.k_n += 1
             self.k_sum.add(length_km)
             if self.k_max is None or length_km > self.k_max:
                 self.k_max = length_km
-            self.k_last = _later(self.k_last, (observed_at, seq, length_km))
+            last = self.k_last
+            if last is None or last < order:
+                self.k_last = (observed_at, seq, length_km)
         if status != "unknown":
-            self.status_last = _later(self.status_last, (observed_at, seq, status))
+            last = self.status_last
+            if last is None or last < order:
+                self.status_last = (observed_at, seq, status)
 
     def merge(self, other: Pane) -> None:
         """Fold another pane in (commutative and associative)."""
@@ -280,59 +297,102 @@ class Pane:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _newest(lasts: Iterable[Last | None]) -> Any:
-    """Value of the latest ``(observed_at, seq, value)``; seq is unique, so values never compare."""
-    return max(last for last in lasts if last is not None)[2]
+_key = itemgetter(0)
+_count = itemgetter(1)
 
 
-def _quantile(zeros: int, count: int, items: list[tuple[int, int]], q: float) -> float | None:
-    """DDSketch's rank walk over bins gathered from several panes (same as merging first)."""
-    if count == 0:
-        return None
+def rank_quantile(zeros: int, count: int, keys: list[int], running: list[int], q: float) -> float:
+    """DDSketch's rank walk over the bins of a merged sketch, by bisection of running counts.
+
+    ``keys`` are bin keys in ascending order (a key may repeat: then its counts add up, and
+    the walk stops at the same key as on the merged bins), ``running[i]`` is the count in
+    ``keys[: i + 1]``; ``count > 0``. The walk stops at the first key whose running count
+    exceeds the rank ``q * (count - 1)``, else at the last key.
+    """
     rank = q * (count - 1)
     if rank < zeros:
         return 0.0
     rank -= zeros
-    running = 0
-    key = 0
-    for key, n in items:
-        running += n
-        if running > rank:
-            return bin_value(key)
-    return bin_value(key)
+    if not keys:
+        return bin_value(0)
+    i = bisect_right(running, rank)
+    return bin_value(keys[i] if i < len(keys) else keys[-1])
 
 
 def window_metrics(panes: list[Pane]) -> tuple[dict[str, Any], int]:
     """The metrics of the window made of ``panes`` and its version (the newest seq in it).
 
     Equal to ``merge`` of every pane followed by ``metrics()`` (the unit tests check it), in
-    one pass of builtins: this runs once per emitted window and is the aggregator's hot spot.
+    one pass over the panes: this runs for every window that closes with changes. Extremes
+    keep the first of equal values, as ``min``/``max`` do; the sketches' bins are not merged
+    into a dict but sorted together (see :func:`rank_quantile`).
     """
-    reports = sum(p.reports for p in panes)
-    version = max(p.seq_max for p in panes)
-    sources = len(set().union(*(p.sources for p in panes)))
-    last_observed_at = max(p.last_observed_at for p in panes if p.last_observed_at is not None)
-    w = [p for p in panes if p.w_n]
-    v = [p for p in panes if p.v_n]
-    k = [p for p in panes if p.k_n]
-    st = [p.status_last for p in panes if p.status_last is not None]
-    out: dict[str, Any] = {"reports": reports, "sources": sources}
-    if w:
-        w_n = sum(p.w_n for p in w)
-        zeros = sum(p.w_sketch.zeros for p in w)
-        if len(w) == 1:
-            items = sorted(w[0].w_sketch.bins.items())
-        else:
-            merged: dict[int, int] = {}
-            for key, n in chain.from_iterable(p.w_sketch.bins.items() for p in w):
-                merged[key] = merged.get(key, 0) + n
-            items = sorted(merged.items())
-        out["wait_minutes_min"] = min(p.w_min for p in w)  # type: ignore[type-var]
-        out["wait_minutes_max"] = max(p.w_max for p in w)  # type: ignore[type-var]
-        out["wait_minutes_avg"] = sum(p.w_sum for p in w) / w_n
-        out["wait_minutes_p50"] = _quantile(zeros, w_n, items, 0.5)
-        out["wait_minutes_p90"] = _quantile(zeros, w_n, items, 0.9)
-        out["wait_minutes_last"] = _newest(p.w_last for p in w)
+    if not panes:
+        raise ValueError("a window needs at least one pane")
+    reports = 0
+    version = panes[0].seq_max
+    sources: set[str] = set()
+    last_observed_at: int | None = None
+    w_n = w_sum = zeros = 0
+    w_min: int | None = None
+    w_max: int | None = None
+    w_last: Last | None = None
+    bins: list[Iterable[tuple[int, int]]] = []
+    v_n = v_sum = 0
+    v_max: int | None = None
+    v_last: Last | None = None
+    k_n = 0
+    k_sum = ExactSum()
+    k_max: float | None = None
+    k_last: Last | None = None
+    status: Last | None = None
+    for p in panes:
+        reports += p.reports
+        if p.seq_max > version:
+            version = p.seq_max
+        sources |= p.sources
+        t = p.last_observed_at
+        if t is not None and (last_observed_at is None or t > last_observed_at):
+            last_observed_at = t
+        if p.w_n:
+            w_n += p.w_n
+            w_sum += p.w_sum
+            zeros += p.w_sketch.zeros
+            bins.append(p.w_sketch.bins.items())
+            if w_min is None or p.w_min < w_min:  # type: ignore[operator]
+                w_min = p.w_min
+            if w_max is None or p.w_max > w_max:  # type: ignore[operator]
+                w_max = p.w_max
+            if w_last is None or p.w_last > w_last:  # type: ignore[operator]
+                w_last = p.w_last
+        if p.v_n:
+            v_n += p.v_n
+            v_sum += p.v_sum
+            if v_max is None or p.v_max > v_max:  # type: ignore[operator]
+                v_max = p.v_max
+            if v_last is None or p.v_last > v_last:  # type: ignore[operator]
+                v_last = p.v_last
+        if p.k_n:
+            k_n += p.k_n
+            k_sum.merge(p.k_sum)
+            if k_max is None or p.k_max > k_max:  # type: ignore[operator]
+                k_max = p.k_max
+            if k_last is None or p.k_last > k_last:  # type: ignore[operator]
+                k_last = p.k_last
+        st = p.status_last
+        if st is not None and (status is None or st > status):
+            status = st
+    out: dict[str, Any] = {"reports": reports, "sources": len(sources)}
+    if w_n:
+        items = sorted(chain.from_iterable(bins))
+        keys = list(map(_key, items))
+        running = list(accumulate(map(_count, items)))
+        out["wait_minutes_min"] = w_min
+        out["wait_minutes_max"] = w_max
+        out["wait_minutes_avg"] = w_sum / w_n
+        out["wait_minutes_p50"] = rank_quantile(zeros, w_n, keys, running, 0.5)
+        out["wait_minutes_p90"] = rank_quantile(zeros, w_n, keys, running, 0.9)
+        out["wait_minutes_last"] = w_last[2]  # type: ignore[index]
     else:
         out.update(
             wait_minutes_min=None,
@@ -342,21 +402,18 @@ def window_metrics(panes: list[Pane]) -> tuple[dict[str, Any], int]:
             wait_minutes_p90=None,
             wait_minutes_last=None,
         )
-    if v:
-        out["queue_vehicles_max"] = max(p.v_max for p in v)  # type: ignore[type-var]
-        out["queue_vehicles_avg"] = sum(p.v_sum for p in v) / sum(p.v_n for p in v)
-        out["queue_vehicles_last"] = _newest(p.v_last for p in v)
+    if v_n:
+        out["queue_vehicles_max"] = v_max
+        out["queue_vehicles_avg"] = v_sum / v_n
+        out["queue_vehicles_last"] = v_last[2]  # type: ignore[index]
     else:
         out.update(queue_vehicles_max=None, queue_vehicles_avg=None, queue_vehicles_last=None)
-    if k:
-        total = ExactSum()
-        for p in k:
-            total.merge(p.k_sum)
-        out["queue_length_km_max"] = max(p.k_max for p in k)  # type: ignore[type-var]
-        out["queue_length_km_avg"] = total.mean(sum(p.k_n for p in k))
-        out["queue_length_km_last"] = _newest(p.k_last for p in k)
+    if k_n:
+        out["queue_length_km_max"] = k_max
+        out["queue_length_km_avg"] = k_sum.mean(k_n)
+        out["queue_length_km_last"] = k_last[2]  # type: ignore[index]
     else:
         out.update(queue_length_km_max=None, queue_length_km_avg=None, queue_length_km_last=None)
-    out["status_last"] = max(st)[2] if st else "unknown"
+    out["status_last"] = status[2] if status is not None else "unknown"
     out["last_observed_at"] = last_observed_at
     return out, version

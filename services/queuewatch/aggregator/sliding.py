@@ -18,13 +18,12 @@ are stored in the state record, whose bytes must not change); the property tests
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, insort
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
 from typing import Any
 
-from queuewatch.aggregator.pane import ExactSum, Pane, window_metrics
-from queuewatch.aggregator.sketch import bin_value
+from queuewatch.aggregator.pane import ExactSum, Pane, rank_quantile, window_metrics
 
 #: Pane attributes whose window value is the largest over the panes (None = absent).
 _MAX_FIELDS = (
@@ -38,22 +37,6 @@ _MAX_FIELDS = (
     "k_last",
     "status_last",
 )
-
-
-def _quantile(zeros: int, count: int, keys: list[int], running: list[int], q: float) -> float:
-    """DDSketch's rank walk (as in ``pane._quantile``) by bisection of the running counts.
-
-    ``running[i]`` is the count in bins ``keys[: i + 1]``; the walk stops at the first bin
-    whose running count exceeds the rank, else at the last bin.
-    """
-    rank = q * (count - 1)
-    if rank < zeros:
-        return 0.0
-    rank -= zeros
-    if not keys:
-        return bin_value(0)
-    i = bisect_right(running, rank)
-    return bin_value(keys[i] if i < len(keys) else keys[-1])
 
 
 class _Accumulator:
@@ -211,9 +194,9 @@ class _Accumulator:
             out["wait_minutes_avg"] = self.w_sum / w_n
             bins = self.bins
             keys = self.keys
-            running = list(accumulate([bins[k] for k in keys]))
-            out["wait_minutes_p50"] = _quantile(self.zeros, w_n, keys, running, 0.5)
-            out["wait_minutes_p90"] = _quantile(self.zeros, w_n, keys, running, 0.9)
+            running = list(accumulate(map(bins.__getitem__, keys)))
+            out["wait_minutes_p50"] = rank_quantile(self.zeros, w_n, keys, running, 0.5)
+            out["wait_minutes_p90"] = rank_quantile(self.zeros, w_n, keys, running, 0.9)
             out["wait_minutes_last"] = w_last[2]
         else:
             out.update(
@@ -261,7 +244,7 @@ def sliding_metrics(
         end = s + size
         if acc is None or s - prev >= size:
             if i == last or starts[i + 1] - s >= size:  # isolated: nothing to slide over
-                present = [pane for p in range(s, end, pane_len) if (pane := panes.get(p))]
+                present = list(filter(None, map(panes.get, range(s, end, pane_len))))
                 metrics, version = window_metrics(present)
                 acc = None
                 yield s, metrics, version

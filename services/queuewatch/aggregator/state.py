@@ -57,6 +57,11 @@ class AggregationConfig:
     grace: int
     dedup_horizon: int
     spec: str = ""
+    #: ``(family, pane length)`` per family: read for every report, so computed once
+    layout: tuple[tuple[WindowFamily, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layout", tuple((f, f.pane) for f in self.families))
 
     @classmethod
     def from_spec(cls, windows: str, grace: str, dedup_horizon: str = "") -> AggregationConfig:
@@ -155,18 +160,20 @@ class CrossingState:
         length = record.get("queue_length_km")
         status = record.get("status") or "unknown"
         late = False
-        for fam, fstate in zip(self.config.families, lane, strict=True):
-            if fam.first_window_start(t) + fam.size + grace <= wm0:
+        # Every window containing t ends after t, so none is closed while t + grace >= wm0
+        # (the usual case): the lateness tests below are needed only for older reports.
+        maybe_late = t + grace < wm0
+        for (fam, pane_len), fstate in zip(self.config.layout, lane, strict=True):
+            if maybe_late and fam.first_window_start(t) + fam.size + grace <= wm0:
                 late = True  # the oldest window containing t is closed
                 if fam.last_window_start(t) + fam.size + grace <= wm0:
                     continue  # every window containing t is closed: the pane is not needed
-            p = t - t % fam.pane
+            p = t - t % pane_len
             pane = fstate.panes.get(p)
             if pane is None:
                 pane = fstate.panes[p] = Pane()
             pane.add(seq, t, source, wait, vehicles, length, status)
-            if p not in fstate.dirty:
-                fstate.dirty[p] = wm0
+            fstate.dirty.setdefault(p, wm0)
         self.counters.accepted += 1
         if late:
             self.counters.late += 1
@@ -181,20 +188,24 @@ class CrossingState:
     def _on_watermark(self, wm0: int, wm1: int) -> None:
         """Snapshot changed windows that just closed; evict what no window needs any more."""
         grace = self.config.grace
-        for index, fam in enumerate(self.config.families):
+        for index, (fam, pane_len) in enumerate(self.config.layout):
             # Does some window end e (e = s + size, s aligned) satisfy wm0 < e + grace <= wm1?
             closes = (wm1 - grace - fam.size) // fam.step > (wm0 - grace - fam.size) // fam.step
             # Panes become unused when wm - grace crosses a pane boundary.
-            evicts = (wm1 - grace) // fam.pane != (wm0 - grace) // fam.pane
+            evicts = (wm1 - grace) // pane_len != (wm0 - grace) // pane_len
             if not (closes or evicts):
                 continue
+            # pane_horizon(p) + grace <= wm1, i.e. p - p % step <= wm1 - grace - size, holds
+            # exactly for the panes before ``cut`` (p - p % step grows with p).
+            cut = ((wm1 - grace - fam.size) // fam.step + 1) * fam.step
             for lane_key, lane in self.lanes.items():
                 fstate = lane[index]
                 if closes and fstate.dirty:
                     self._snapshot_closing(lane_key, index, fam, fstate, wm0, wm1)
                 if evicts:
-                    for p in [p for p in fstate.panes if fam.pane_horizon(p) + grace <= wm1]:
-                        del fstate.panes[p]
+                    panes = fstate.panes
+                    for p in [p for p in panes if p < cut]:
+                        del panes[p]
         horizon = self.config.dedup_horizon
         dedup = self.dedup
         while dedup:
@@ -232,11 +243,13 @@ class CrossingState:
             candidates = sorted(
                 {s for p in dirty for s in fam.window_starts(p) if first_s <= s <= last_s}
             )
-        changed = []
-        for s in candidates:
-            end = s + fam.size
-            if any(dirty.get(p, end + grace) < end + grace for p in fam.panes_of(s)):
-                changed.append(s)
+        # A window changed since the last emission if a pane of it changed while it was open:
+        # ``dirty[p] < end + grace``. Every dirty value is a watermark before a change, so at
+        # most wm0, and every window here has end + grace > wm0: any dirty pane will do.
+        dirty_panes = dirty.keys()
+        changed = [s for s in candidates if not dirty_panes.isdisjoint(fam.panes_of(s))]
+        if not changed:
+            return
         for row in self._window_rows(lane_key, index, fam, changed):
             self.snapshots[(lane_key, index, row["window_start"])] = row
 
