@@ -144,3 +144,48 @@ def test_a_committed_offset_past_unapplied_reports_does_not_lose_them(
         code = agg.stop()
         reader.close()
     assert code == 0, agg.logs()
+
+
+def test_two_workers_sharing_the_partitions_give_the_same_windows_as_one(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    """A second worker joins mid-stream: the rebalance moves partitions, the windows stay exact."""
+    settings = make_topics(bootstrap, unique, partitions=6)
+    scenario = make_scenario(seed=33, crossings=6, per_crossing=150)
+    expected = reference_windows(scenario.valid_in_order)
+    half = len(scenario.messages) // 2
+    group = f"agg-{unique}"
+    homes = [tmp_path / "worker-a", tmp_path / "worker-b"]
+    for home in homes:
+        home.mkdir()
+    first = AggregatorProcess(settings, homes[0], group=group)
+    second = AggregatorProcess(settings, homes[1], group=group)
+    reader = WindowReader(bootstrap, settings.windows_topic)
+    try:
+        publish(bootstrap, settings.reports_topic, scenario.messages[:half])
+        first.start()
+        while reader.count == 0:  # the first worker is processing: let the second one join
+            assert first.alive(), first.logs()
+            reader.poll()
+        second.start()
+        deadline = time.monotonic() + 120
+        while not _owns_partitions(homes[1]):  # joined, assigned, recovered
+            assert second.alive() and time.monotonic() < deadline, second.logs()
+            time.sleep(0.5)
+        publish(bootstrap, settings.reports_topic, scenario.messages[half:])
+        problems = reader.wait_for(expected, timeout_s=150)
+        assert problems == [], "\n".join(problems) + "\n" + first.logs() + second.logs()
+        assert reader.version_went_down == 0
+    finally:
+        codes = [second.stop(), first.stop()]
+        reader.close()
+    assert codes == [0, 0], first.logs() + second.logs()
+    assert _owns_partitions(homes[0]) and _owns_partitions(homes[1])
+
+
+def _owns_partitions(home: Path) -> bool:
+    """True once the worker logging into ``home`` has started on reports partitions."""
+    return any(
+        "starting reports partitions at" in p.read_text(errors="replace")
+        for p in home.glob("aggregator-*.log")
+    )
