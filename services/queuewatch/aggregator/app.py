@@ -252,9 +252,12 @@ class Aggregator:
         now = time.monotonic()
         for event in events:
             m = event.message
+            holed = order.holes and m.partition in order.holes
             verdict = order.admit(m.partition, m.offset, now)
             if verdict is Verdict.APPLY:
                 fresh.append(event)
+                if holed:
+                    log.info("partition %d: hole repaired at offset %d", m.partition, m.offset)
             elif verdict is Verdict.REDELIVERED:
                 self.totals["redelivered"] += 1
             elif verdict is Verdict.HOLE:
