@@ -74,11 +74,14 @@ def test_cached_state_bytes_equal_a_plain_dump_while_ids_are_added_and_trimmed(
     rng = random.Random(seed)
     state = CrossingState("x", CONFIG)
     trimmed = 0
+    reused = 0  # snapshots written again from their cached JSON
     # 300 reports over 40 h to 19 days of event time: the de-duplication list gets trimmed.
     for n in range(300):
         t = T0 + n * minutes_per_report * 60_000 - rng.randrange(3 * HOUR)
         state.apply(_report(rng, t, n), 0, n)
         if n % write_every == 0:
+            cached = state.snap_json
+            reused += sum(cached.get(k, (None,))[0] is row for k, row in state.snapshots.items())
             data = encode_state(state)
             assert data == reference_bytes(state), n
             if rng.random() < 0.1:  # a restart: the caches start empty again
@@ -88,3 +91,5 @@ def test_cached_state_bytes_equal_a_plain_dump_while_ids_are_added_and_trimmed(
             state.take_changed()
     assert encode_state(state) == reference_bytes(state)
     assert trimmed + state.dedup_trimmed > 0  # the trimming path was exercised
+    if write_every < 40:
+        assert reused > 0  # so was the snapshot cache (a record written twice between takes)

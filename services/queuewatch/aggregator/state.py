@@ -108,6 +108,7 @@ class CrossingState:
         "dedup_trimmed",
         "lanes",
         "seq",
+        "snap_json",
         "snapshots",
         "watermark",
     )
@@ -128,8 +129,11 @@ class CrossingState:
         #: the state codec's cache of ``dedup`` as JSON (see ``state_codec``; not persisted)
         self.dedup_json: Any = None
         self.lanes: dict[LaneKey, list[FamilyState]] = {}
-        #: changed windows that closed before being emitted, materialised at closing
+        #: changed windows that closed before being emitted, materialised at closing; a row
+        #: here is never changed in place (``snap_json`` relies on it)
         self.snapshots: dict[WindowKey, dict[str, Any]] = {}
+        #: the state codec's cache of each snapshot's JSON, with its row (not persisted)
+        self.snap_json: dict[WindowKey, tuple[dict[str, Any], str]] = {}
 
     # --- applying reports ----------------------------------------------------------------
 

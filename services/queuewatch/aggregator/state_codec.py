@@ -14,7 +14,13 @@ from itertools import islice
 from typing import Any
 
 from queuewatch.aggregator.pane import Pane
-from queuewatch.aggregator.state import AggregationConfig, Counters, CrossingState, FamilyState
+from queuewatch.aggregator.state import (
+    AggregationConfig,
+    Counters,
+    CrossingState,
+    FamilyState,
+    WindowKey,
+)
 from queuewatch.errors import QueuewatchError
 
 FORMAT_VERSION = 1
@@ -117,6 +123,27 @@ def _dedup_json(state: CrossingState) -> str:
     return text
 
 
+def _snap_json(state: CrossingState) -> str:
+    """``"snap"`` of the record: ``[[lane_key, index, start, row], ...]`` as JSON.
+
+    A snapshot stays in the state until the next emission, which is up to a flush interval
+    and so several batches away; its JSON is made once and reused while its row is the same
+    object (rows are replaced, never changed in place).
+    """
+    cache = state.snap_json
+    fresh: dict[WindowKey, tuple[dict[str, Any], str]] = {}
+    parts = []
+    for key, row in state.snapshots.items():
+        hit = cache.get(key)
+        if hit is None or hit[0] is not row:
+            lane_key, index, start = key
+            hit = (row, _dumps([list(lane_key), index, start, row]))
+        fresh[key] = hit
+        parts.append(hit[1])
+    state.snap_json = fresh
+    return f"[{','.join(parts)}]"
+
+
 def encode_state(state: CrossingState) -> bytes:
     """Serialise one crossing's state (compact JSON; keys in a fixed order)."""
     c = state.counters
@@ -129,13 +156,9 @@ def encode_state(state: CrossingState) -> bytes:
         "n": [c.accepted, c.duplicates, c.late, c.replayed],
         "applied": [[p, o] for p, o in state.applied.items()],
     }
-    snap = [
-        [list(lane_key), index, start, row]
-        for (lane_key, index, start), row in state.snapshots.items()
-    ]
     text = (
         f'{_dumps(head)[:-1]},"dedup":{_dedup_json(state)},"lanes":{_lanes_json(state)},'
-        f'"snap":{_dumps(snap)}}}'
+        f'"snap":{_snap_json(state)}}}'
     )
     return text.encode()
 
