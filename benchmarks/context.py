@@ -24,6 +24,9 @@ class Plan:
     aggregator_reports: int
     aggregator_crossings: int
     aggregator_span_hours: int
+    dense_reports: int
+    dense_crossings: int
+    dense_span_hours: int
     peer_reports: int
     peer_crossings: int
     peer_span_hours: int
@@ -42,7 +45,8 @@ class Plan:
 
 SMOKE = Plan(
     mode="smoke", runs=1, limit_reports=2000, aggregator_reports=2000, aggregator_crossings=20,
-    aggregator_span_hours=3, peer_reports=600, peer_crossings=5, peer_span_hours=3,
+    aggregator_span_hours=3, dense_reports=2000, dense_crossings=4, dense_span_hours=3,
+    peer_reports=600, peer_crossings=5, peer_span_hours=3,
     e2e_rates=(200,), e2e_seconds=3.0, e2e_crossings=20, e2e_drain_s=90.0, e2e_runs=1,
     query_reports=20_000, query_crossings=50, query_repeats=2, sink_reports=2000,
     sink_windows=2000, install_peer=False,
@@ -50,7 +54,8 @@ SMOKE = Plan(
 
 FULL = Plan(
     mode="full", runs=3, limit_reports=1_000_000, aggregator_reports=15_000,
-    aggregator_crossings=1000, aggregator_span_hours=48, peer_reports=5_000, peer_crossings=100,
+    aggregator_crossings=1000, aggregator_span_hours=48, dense_reports=100_000,
+    dense_crossings=20, dense_span_hours=24, peer_reports=5_000, peer_crossings=100,
     peer_span_hours=12, e2e_rates=(50, 250, 1000, 5000, 10_000, 20_000), e2e_seconds=15.0,
     e2e_crossings=1000, e2e_drain_s=30.0, e2e_runs=1, query_reports=10_000_000,
     query_crossings=1000, query_repeats=7, sink_reports=50_000, sink_windows=50_000,

@@ -61,18 +61,27 @@ def summary(result: dict[str, Any], result_path: str) -> str:
             f"| limit | decode only (no Kafka) | {_fmt(limit['decode_only_events_per_s'])} "
             "events/s |"
         )
-    agg = sc.get("aggregator")
-    if _ok(agg):
+        if "faust_agent" in limit:
+            lines.append(
+                "| limit | faust-streaming agent that only decodes (take_events 5000) | "
+                f"{_fmt(limit['faust_agent']['median']['events_per_s'])} events/s |"
+            )
+    for name, shape in (("aggregator", "sparse"), ("aggregator_dense", "dense")):
+        agg = sc.get(name)
+        if not _ok(agg):
+            continue
         assert agg is not None
         med = agg["median"]
-        n = agg["dataset"]["reports"]
+        ds = agg["dataset"]
         lines += [
-            f"| aggregator, 1 worker ({n:,} reports, {agg['dataset']['crossings']:,} crossings)"
-            f" | throughput until the last window is emitted | {_fmt(med['events_per_s'])} "
-            f"events/s ({_fmt((agg.get('ratio_to_limit') or 0) * 100, 2)} % of the limit) |",
-            f"| aggregator | peak RSS / memory per active crossing | "
+            f"| aggregator, 1 worker, {shape} ({ds['reports']:,} reports, {ds['crossings']:,} "
+            f"crossings, {ds['span_hours']} h) | throughput until the last window is emitted | "
+            f"{_fmt(med['events_per_s'])} events/s "
+            f"({_fmt((agg.get('ratio_to_limit') or 0) * 100, 2)} % of the limit); "
+            f"{_fmt(med['output_messages_per_report'], 1)} window messages per report |",
+            f"| aggregator, {shape} | peak RSS / memory per active crossing | "
             f"{_fmt(med['peak_rss_mib'])} MiB / {_fmt(med['kib_per_active_crossing'], 1)} KiB |",
-            f"| aggregator | start-up (process start to probe committed) | "
+            f"| aggregator, {shape} | start-up (process start to probe committed) | "
             f"{_fmt(med['startup_s'], 1)} s |",
         ]
     peer = sc.get("peer")

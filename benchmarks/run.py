@@ -48,6 +48,7 @@ def scenarios() -> dict[str, Callable[[Context], dict[str, Any]]]:
     return {
         "limit": scenario_limit.limit,
         "aggregator": scenario_processors.aggregator,
+        "aggregator_dense": scenario_processors.aggregator_dense,
         "peer": scenario_processors.peer,
         "sink": scenario_sink.sink,
         "end_to_end": scenario_end_to_end.end_to_end,
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             plan,
             limit_reports=scaled(plan.limit_reports, s),
             aggregator_reports=scaled(plan.aggregator_reports, s),
+            dense_reports=scaled(plan.dense_reports, s),
             peer_reports=scaled(plan.peer_reports, s),
             query_reports=scaled(plan.query_reports, s),
             sink_reports=scaled(plan.sink_reports, s),

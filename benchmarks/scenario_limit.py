@@ -5,12 +5,18 @@ aggregator is judged against. Three clients read the same pre-loaded topic from 
 assigned to every partition (no group join), and decode every value with the contract's codec
 (queuewatch.contract.codec.decode); the clock runs from creating the consumer to decoding the
 N-th report. The fastest client's median is "the limit". Decode alone (no Kafka) is measured
-too, to show how much of the cost is the client.
+too, to show how much of the cost is the client, and so is a faust-streaming agent that only
+decodes (``benchmarks/faust_floor.py``): the ceiling of any processor built on faust here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -133,6 +139,35 @@ def confluent(bootstrap: str, topic: str, n: int) -> float:
         consumer.close()
 
 
+def faust_agent(bootstrap: str, topic: str, n: int) -> float:
+    """Seconds for a faust agent (take_events, concurrency 1) to decode ``n`` reports.
+
+    Timed inside the worker from its first batch, so the group join is not counted; the
+    wall clock of the whole process is bounded by a generous timeout.
+    """
+    with tempfile.TemporaryDirectory(prefix="faust-floor-") as datadir:
+        env = dict(
+            os.environ,
+            BENCH_BOOTSTRAP=bootstrap,
+            BENCH_TOPIC=topic,
+            BENCH_N=str(n),
+            BENCH_GROUP=f"bench-faust-floor-{os.getpid()}-{time.monotonic_ns()}",
+            BENCH_DATADIR=datadir,
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.faust_floor"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    found = re.search(r"FAUST_RATE ([0-9.]+)", done.stdout + done.stderr)  # faust logs stdout
+    if found:
+        return n / float(found.group(1))
+    raise RuntimeError(f"the faust agent gave no rate: {done.stdout[-500:]} {done.stderr[-1500:]}")
+
+
 def clients() -> dict[str, Any]:
     """The clients to measure; confluent-kafka only when installed (the bench extra)."""
     out: dict[str, Any] = {"kafka-python": kafka_python, "aiokafka": aiokafka}
@@ -166,6 +201,10 @@ def limit(ctx: Context) -> dict[str, Any]:
         per_client[name] = {"runs": runs, "median": median_of_runs(runs)}
     best = max(per_client, key=lambda c: per_client[c]["median"]["events_per_s"])
     decode_s = median_of_runs(decode_runs)["seconds"]
+    faust_runs = []
+    for _ in range(plan.runs):
+        seconds = faust_agent(ctx.bootstrap, topics.reports, n)
+        faust_runs.append({"seconds": round(seconds, 3), "events_per_s": round(n / seconds, 1)})
     return {
         "what": "consume + Avro-decode a pre-loaded log from the start, per client, 1 process",
         "reports": n,
@@ -173,4 +212,10 @@ def limit(ctx: Context) -> dict[str, Any]:
         "decode_only_events_per_s": round(n / decode_s, 1),
         "fastest_client": best,
         "limit_events_per_s": per_client[best]["median"]["events_per_s"],
+        "faust_agent": {
+            "what": "a faust-streaming agent (take_events of 5000, concurrency 1) that only "
+            "decodes; timed from its first batch",
+            "runs": faust_runs,
+            "median": median_of_runs(faust_runs),
+        },
     }
