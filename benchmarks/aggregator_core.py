@@ -8,11 +8,15 @@ interval: at tens of thousands of reports/s a real flush coalesces more).
 
 Three inputs: ``dense`` (20 crossings, one report per 5 s of event time per crossing),
 ``sparse`` (200 crossings, one per minute), ``sim`` (the producers' simulator, valid only).
+A fourth, ``long`` (5 crossings, one report per 10 s over 33 h), is run only when asked: it
+is the steady state of a long-running aggregator, where the de-duplication horizon (26 h)
+is passed and every report also trims old event ids and evicts old panes.
 The run prints reports/s per stage and end to end, windows/s, and a SHA-256 digest of every
 state record and window payload produced: an optimisation must leave the digest unchanged
 (same bytes, same versions), so the benchmark doubles as a regression check.
 
-Usage: ``python -m benchmarks.aggregator_core [--case dense,sparse,sim] [--repeat 3] [--profile]``.
+Usage: ``python -m benchmarks.aggregator_core [--case dense,sparse,sim,long] [--repeat 3]
+[--profile]``.
 """
 
 from __future__ import annotations
@@ -190,7 +194,9 @@ def make_case(name: str, scale: float) -> Case:
         return synthetic("sparse", 200, int(30_000 * scale), MINUTE)
     if name == "sim":
         return simulated(int(30_000 * scale))
-    raise SystemExit(f"unknown case {name!r}; choose dense, sparse or sim")
+    if name == "long":
+        return synthetic("long", 5, int(60_000 * scale), 10_000)
+    raise SystemExit(f"unknown case {name!r}; choose dense, sparse, sim or long")
 
 
 def main(argv: list[str] | None = None) -> int:
