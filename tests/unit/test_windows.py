@@ -89,6 +89,34 @@ def test_merging_panes_in_any_order_equals_aggregating_the_reports_directly(
     assert version == len(reports)
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32), st.integers(8, 24))
+def test_window_of_panes_with_many_sketch_bins_equals_one_pane_of_all_its_reports(
+    seed: int, n_panes: int
+) -> None:
+    rng = random.Random(seed)
+    direct = Pane()
+    panes = [Pane() for _ in range(n_panes)]
+    for seq in range(1, 801):
+        v = {
+            "t": rng.randrange(6 * HOUR),
+            "source": rng.choice("abc"),
+            "wait": rng.choice([None, 0, *[rng.randrange(20160)] * 8]),
+            "vehicles": rng.choice([None, rng.randrange(100000)]),
+            "km": rng.choice([None, rng.random() * 500]),
+            "status": rng.choice(["open", "delay", "unknown"]),
+        }
+        _add(direct, seq, v)
+        _add(panes[rng.randrange(n_panes)], seq, v)
+    non_empty = [p for p in panes if p.reports]
+    assert sum(len(p.w_sketch.bins) for p in non_empty) > 160  # bins are merged before sorting
+
+    metrics, version = window_metrics(non_empty)
+
+    assert list(metrics.items()) == list(direct.metrics().items())  # key order included
+    assert version == 800
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.floats(0, 500, allow_nan=False), min_size=1, max_size=30), st.randoms())
 def test_float_mean_is_exact_whatever_the_merge_order(xs: list[float], rnd: random.Random) -> None:

@@ -13,7 +13,6 @@ equals the window computed from its reports directly (the property tests check i
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable
 from itertools import accumulate, chain
 from operator import itemgetter
 from typing import Any
@@ -297,6 +296,8 @@ class Pane:
     __hash__ = None  # type: ignore[assignment]
 
 
+#: Up to this many bins in a window's panes, sorting them all beats merging equal keys first.
+_SORT_ALL = 160
 _key = itemgetter(0)
 _count = itemgetter(1)
 
@@ -324,8 +325,8 @@ def window_metrics(panes: list[Pane]) -> tuple[dict[str, Any], int]:
 
     Equal to ``merge`` of every pane followed by ``metrics()`` (the unit tests check it), in
     one pass over the panes: this runs for every window that closes with changes. Extremes
-    keep the first of equal values, as ``min``/``max`` do; the sketches' bins are not merged
-    into a dict but sorted together (see :func:`rank_quantile`).
+    keep the first of equal values, as ``min``/``max`` do; when there are few, the sketches'
+    bins are not merged into a dict but sorted together (see :func:`rank_quantile`).
     """
     if not panes:
         raise ValueError("a window needs at least one pane")
@@ -337,7 +338,7 @@ def window_metrics(panes: list[Pane]) -> tuple[dict[str, Any], int]:
     w_min: int | None = None
     w_max: int | None = None
     w_last: Last | None = None
-    bins: list[Iterable[tuple[int, int]]] = []
+    bins: list[dict[int, int]] = []
     v_n = v_sum = 0
     v_max: int | None = None
     v_last: Last | None = None
@@ -358,7 +359,7 @@ def window_metrics(panes: list[Pane]) -> tuple[dict[str, Any], int]:
             w_n += p.w_n
             w_sum += p.w_sum
             zeros += p.w_sketch.zeros
-            bins.append(p.w_sketch.bins.items())
+            bins.append(p.w_sketch.bins)
             if w_min is None or p.w_min < w_min:  # type: ignore[operator]
                 w_min = p.w_min
             if w_max is None or p.w_max > w_max:  # type: ignore[operator]
@@ -384,7 +385,14 @@ def window_metrics(panes: list[Pane]) -> tuple[dict[str, Any], int]:
             status = st
     out: dict[str, Any] = {"reports": reports, "sources": len(sources)}
     if w_n:
-        items = sorted(chain.from_iterable(bins))
+        if sum(map(len, bins)) <= _SORT_ALL:  # one C sort of every (key, count) pair
+            items = sorted(chain.from_iterable(b.items() for b in bins))
+        else:  # many bins: merging counts first leaves far fewer pairs to sort
+            merged: dict[int, int] = {}
+            for b in bins:
+                for key, n in b.items():
+                    merged[key] = merged.get(key, 0) + n
+            items = sorted(merged.items())
         keys = list(map(_key, items))
         running = list(accumulate(map(_count, items)))
         out["wait_minutes_min"] = w_min
