@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import struct
 from typing import Any
 
@@ -11,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from queuewatch.contract import codec
 from queuewatch.contract.codec import (
     HEADER_SIZE,
     MAGIC,
@@ -182,94 +180,3 @@ def test_garbage_after_a_valid_header_raises_only_decode_errors(body: bytes) -> 
 def test_any_bytes_decode_or_raise_a_decode_error(payload: bytes) -> None:
     with contextlib.suppress(DecodeError):
         decode(payload, SCHEMA)
-
-
-# --- the direct reader against fastavro ------------------------------------------------------
-# decode() reads the common case itself and leaves everything else to fastavro; whatever the
-# bytes, the outcome (record, or error type and message) must be fastavro's.
-
-LONG = st.integers(-(2**63), 2**63 - 1)
-any_shaped_records = valid_records.flatmap(
-    lambda rec: st.fixed_dictionaries(
-        {
-            **{k: st.just(v) for k, v in rec.items()},
-            "observed_at": st.one_of(st.just(rec["observed_at"]), LONG),
-            "wait_minutes": st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
-            "queue_length_km": _optional(st.floats()),
-            "event_id": st.text(max_size=300),
-        }
-    )
-)
-
-
-def _outcome(read: Any) -> tuple[Any, ...]:
-    try:
-        record = read()
-    except DecodeError as exc:  # fastavro names its buffer object: drop the address
-        return ("error", type(exc), re.sub(r" at 0x[0-9a-f]+", "", str(exc)))
-    return ("record", repr(record))  # repr: key order, int vs float, NaN all count
-
-
-def _fastavro(payload: bytes) -> dict[str, Any]:
-    return codec._decode_with_fastavro(payload, writer_schema(payload), SCHEMA)
-
-
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(any_shaped_records)
-def test_direct_reader_returns_fastavros_record_for_any_schema_shaped_record(
-    record: dict[str, Any],
-) -> None:
-    payload = encode(record, SCHEMA)
-
-    assert _outcome(lambda: decode(payload, SCHEMA)) == _outcome(lambda: _fastavro(payload))
-    if -(2**62) <= record["observed_at"] < 2**62:  # longer varints are left to fastavro
-        assert codec._read_directly(payload, SCHEMA) is not None
-
-
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-@given(valid_records, st.data())
-def test_mutated_payloads_decode_or_fail_exactly_as_with_fastavro(
-    record: dict[str, Any], data: st.DataObject
-) -> None:
-    payload = bytearray(encode(record, SCHEMA))
-    for _ in range(data.draw(st.integers(1, 3))):
-        at = data.draw(st.integers(HEADER_SIZE, len(payload)))
-        op = data.draw(st.sampled_from(["set", "insert", "delete", "cut"]))
-        byte = data.draw(st.integers(0, 255))
-        if op == "set" and at < len(payload):
-            payload[at] = byte
-        elif op == "insert":
-            payload.insert(at, byte)
-        elif op == "delete" and at < len(payload):
-            del payload[at]
-        elif op == "cut":
-            del payload[at:]
-    mutated = bytes(payload)
-
-    assert _outcome(lambda: decode(mutated, SCHEMA)) == _outcome(lambda: _fastavro(mutated))
-
-
-@settings(max_examples=300)
-@given(st.binary(max_size=200))
-def test_garbage_bodies_decode_or_fail_exactly_as_with_fastavro(body: bytes) -> None:
-    payload = MAGIC + SCHEMA.fingerprint + body
-
-    assert _outcome(lambda: decode(payload, SCHEMA)) == _outcome(lambda: _fastavro(payload))
-
-
-@pytest.mark.parametrize(
-    "varint",
-    [
-        b"\xff" * 9 + b"\x7f",  # 10 bytes, more than 64 bits: fastavro wraps around
-        b"\xfe" * 9 + b"\x03",
-        b"\x80" * 10 + b"\x01",  # 11 bytes
-        b"\xfe" * 8 + b"\x7f",  # 9 bytes: the longest the direct reader takes
-    ],
-)
-def test_overlong_long_varints_decode_exactly_as_with_fastavro(varint: bytes) -> None:
-    a = encode({**sample_record(), "observed_at": 0}, SCHEMA)
-    b = encode({**sample_record(), "observed_at": 1}, SCHEMA)
-    at = next(i for i in range(len(a)) if a[i] != b[i])  # the one-byte varint of observed_at
-    payload = a[:at] + varint + a[at + 1 :]
-
-    assert _outcome(lambda: decode(payload, SCHEMA)) == _outcome(lambda: _fastavro(payload))
