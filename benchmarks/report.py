@@ -63,7 +63,8 @@ def summary(result: dict[str, Any], result_path: str) -> str:
         )
         if "faust_agent" in limit:
             lines.append(
-                "| limit | faust-streaming agent that only decodes (take_events 5000) | "
+                f"| limit ({limit['faust_agent'].get('reports', limit['reports']):,} reports) | "
+                "faust-streaming agent that only decodes (take_events 5000) | "
                 f"{_fmt(limit['faust_agent']['median']['events_per_s'])} events/s |"
             )
     for name, shape in (("aggregator", "sparse"), ("aggregator_dense", "dense")):

@@ -19,7 +19,7 @@ from queuewatch.resources import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = ["limit", "aggregator", "peer", "sink", "end_to_end", "query"]
+SCENARIOS = ["limit", "aggregator", "aggregator_dense", "peer", "sink", "end_to_end", "query"]
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,14 @@ def test_smoke_limit_reads_every_preloaded_report_with_each_client(
     assert {"kafka-python", "aiokafka"} <= set(limit["clients"])
     assert limit["fastest_client"] in limit["clients"]
     assert limit["limit_events_per_s"] > 0
+    assert limit["faust_agent"]["median"]["events_per_s"] > 0
+
+
+def test_smoke_dense_aggregator_replay_reads_every_report(smoke_result: dict[str, Any]) -> None:
+    dense = smoke_result["scenarios"]["aggregator_dense"]
+    assert dense["dataset"]["crossings"] == smoke_result["plan"]["dense_crossings"]
+    assert dense["runs"][0]["reports"] == smoke_result["plan"]["dense_reports"]
+    assert dense["runs"][0]["output_messages"] > 0
 
 
 def test_smoke_aggregator_replay_emits_windows(smoke_result: dict[str, Any]) -> None:
