@@ -307,6 +307,7 @@ class CrossingState:
         """
         rows = list(self.snapshots.values())
         self.snapshots.clear()
+        self.snap_json.clear()  # the cache must not outlive its rows (memory)
         grace = self.config.grace
         wm = self.watermark
         for lane_key, lane in self.lanes.items():
