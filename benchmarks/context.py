@@ -13,9 +13,9 @@ class Plan:
     """Sizes of one benchmark run; ``--smoke`` and ``--full`` differ only here.
 
     The full sizes fit a run of about 15 minutes on the 2-core machine of docs/performance.md;
-    they are smaller than the issue asked for (1 M reports) because the aggregator replays at
-    a few hundred reports per second there (see docs/performance.md). ``--scale`` multiplies
-    the report counts for a longer run.
+    they are smaller than the issue asked for (1 M reports) because the aggregator replays a
+    sparse log at under a thousand reports per second there and a dense one at several
+    thousand (see docs/performance.md). ``--scale`` multiplies the report counts.
     """
 
     mode: str
