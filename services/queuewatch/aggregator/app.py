@@ -27,7 +27,7 @@ from queuewatch.aggregator.state import AggregationConfig, CrossingState, Outcom
 from queuewatch.aggregator.state_codec import decode_state, encode_state
 from queuewatch.aggregator.window_codec import window_encoder
 from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
-from queuewatch.errors import ConfigurationError
+from queuewatch.errors import ConfigurationError, QueuewatchError
 from queuewatch.settings import AggregatorSettings, CommonSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,10 @@ _POSITION_KEY = b"\x00position/%d"
 #: faust drops re-fetched messages below offsets it is still delivering from an earlier
 #: fetch (``Consumer._read_offset``), so one seek is not always enough.
 _RESEEK_EVERY_S = 1.0
+
+
+class StateTooLargeError(QueuewatchError):
+    """A crossing's state record would not fit a changelog message."""
 
 
 def topic_partitions(bootstrap: str, topic: str) -> int:
@@ -378,6 +382,14 @@ class Aggregator:
                 self.changed.add(cid)
             key = cid.encode()
             data = self._encode(state, changed)
+            if len(data) > STATE_RECORD_MAX_BYTES:
+                raise StateTooLargeError(
+                    f"the state of crossing {cid} is {len(data) / 2**20:.1f} MiB, over the "
+                    f"{STATE_RECORD_MAX_BYTES // 2**20} MiB a changelog record may hold; lower "
+                    "QUEUEWATCH_AGGREGATOR_BATCH_SIZE (closed windows wait in the state until "
+                    "the next flush) and restart. The rest is one event id per report within "
+                    "the largest window plus the grace (QUEUEWATCH_AGGREGATOR_WINDOWS, _GRACE)"
+                )
             self.table.data[key] = data
             writes.append(self.table.send_changelog(partition, key, data, "raw", "raw"))
         for letter in dead:
