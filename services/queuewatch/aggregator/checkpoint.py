@@ -26,7 +26,7 @@ So faust's committed offset is only a hint (for lag monitoring); where to resume
   (else at its first offset), and the agent applies each partition's offsets strictly in
   order: a lower offset is a redelivery (skipped), a higher one is a hole (the partition is
   sought back to the missing offset, again every second until it arrives; see
-  :mod:`queuewatch.aggregator.ordering`). In 35 chaos runs since, all green, holes appeared in
+  :mod:`queuewatch.aggregator.ordering`). In 45 chaos runs since, all green, holes appeared in
   3 and were repaired each time.
 
 Per batch the aggregator does, in this order:
