@@ -320,6 +320,69 @@ def rank_quantile(zeros: int, count: int, keys: list[int], running: list[int], q
     return bin_value(keys[i] if i < len(keys) else keys[-1])
 
 
+def metrics_row(
+    reports: int,
+    sources: int,
+    w_n: int,
+    w_min: int | None,
+    w_max: int | None,
+    w_sum: int,
+    zeros: int,
+    keys: list[int],
+    running: list[int],
+    w_last: Last | None,
+    v_n: int,
+    v_max: int | None,
+    v_sum: int,
+    v_last: Last | None,
+    k_n: int,
+    k_max: float | None,
+    k_sum: ExactSum,
+    k_last: Last | None,
+    status: Last | None,
+    last_observed_at: int | None,
+) -> dict[str, Any]:
+    """A window's metric fields (schema names, schema order) from its merged aggregates.
+
+    The one place a window row's metrics are spelled out: both ways of merging panes
+    (:func:`window_metrics`, and the sliding accumulator of ``sliding``) end here, so they
+    cannot disagree on a field, a null or the key order the state record's bytes depend on.
+    ``keys``/``running`` are the sorted sketch bins and their running counts.
+    """
+    out: dict[str, Any] = {"reports": reports, "sources": sources}
+    if w_n:
+        out["wait_minutes_min"] = w_min
+        out["wait_minutes_max"] = w_max
+        out["wait_minutes_avg"] = w_sum / w_n
+        out["wait_minutes_p50"] = rank_quantile(zeros, w_n, keys, running, 0.5)
+        out["wait_minutes_p90"] = rank_quantile(zeros, w_n, keys, running, 0.9)
+        out["wait_minutes_last"] = w_last[2]  # type: ignore[index]
+    else:
+        out.update(_NO_WAIT)
+    if v_n:
+        out["queue_vehicles_max"] = v_max
+        out["queue_vehicles_avg"] = v_sum / v_n
+        out["queue_vehicles_last"] = v_last[2]  # type: ignore[index]
+    else:
+        out.update(_NO_VEHICLES)
+    if k_n:
+        out["queue_length_km_max"] = k_max
+        out["queue_length_km_avg"] = k_sum.mean(k_n)
+        out["queue_length_km_last"] = k_last[2]  # type: ignore[index]
+    else:
+        out.update(_NO_LENGTH)
+    out["status_last"] = status[2] if status is not None else "unknown"
+    out["last_observed_at"] = last_observed_at
+    return out
+
+
+_NO_WAIT = dict.fromkeys(
+    ("wait_minutes_" + m for m in ("min", "max", "avg", "p50", "p90", "last")), None
+)
+_NO_VEHICLES = dict.fromkeys(("queue_vehicles_" + m for m in ("max", "avg", "last")), None)
+_NO_LENGTH = dict.fromkeys(("queue_length_km_" + m for m in ("max", "avg", "last")), None)
+
+
 def window_metrics(panes: list[Pane]) -> tuple[dict[str, Any], int]:
     """The metrics of the window made of ``panes`` and its version (the newest seq in it).
 
@@ -383,7 +446,8 @@ def window_metrics(panes: list[Pane]) -> tuple[dict[str, Any], int]:
         st = p.status_last
         if st is not None and (status is None or st > status):
             status = st
-    out: dict[str, Any] = {"reports": reports, "sources": len(sources)}
+    keys: list[int] = []
+    running: list[int] = []
     if w_n:
         if sum(map(len, bins)) <= _SORT_ALL:  # one C sort of every (key, count) pair
             items = sorted(chain.from_iterable(b.items() for b in bins))
@@ -395,33 +459,11 @@ def window_metrics(panes: list[Pane]) -> tuple[dict[str, Any], int]:
             items = sorted(merged.items())
         keys = list(map(_key, items))
         running = list(accumulate(map(_count, items)))
-        out["wait_minutes_min"] = w_min
-        out["wait_minutes_max"] = w_max
-        out["wait_minutes_avg"] = w_sum / w_n
-        out["wait_minutes_p50"] = rank_quantile(zeros, w_n, keys, running, 0.5)
-        out["wait_minutes_p90"] = rank_quantile(zeros, w_n, keys, running, 0.9)
-        out["wait_minutes_last"] = w_last[2]  # type: ignore[index]
-    else:
-        out.update(
-            wait_minutes_min=None,
-            wait_minutes_max=None,
-            wait_minutes_avg=None,
-            wait_minutes_p50=None,
-            wait_minutes_p90=None,
-            wait_minutes_last=None,
-        )
-    if v_n:
-        out["queue_vehicles_max"] = v_max
-        out["queue_vehicles_avg"] = v_sum / v_n
-        out["queue_vehicles_last"] = v_last[2]  # type: ignore[index]
-    else:
-        out.update(queue_vehicles_max=None, queue_vehicles_avg=None, queue_vehicles_last=None)
-    if k_n:
-        out["queue_length_km_max"] = k_max
-        out["queue_length_km_avg"] = k_sum.mean(k_n)
-        out["queue_length_km_last"] = k_last[2]  # type: ignore[index]
-    else:
-        out.update(queue_length_km_max=None, queue_length_km_avg=None, queue_length_km_last=None)
-    out["status_last"] = status[2] if status is not None else "unknown"
-    out["last_observed_at"] = last_observed_at
+    out = metrics_row(
+        reports, len(sources),
+        w_n, w_min, w_max, w_sum, zeros, keys, running, w_last,
+        v_n, v_max, v_sum, v_last,
+        k_n, k_max, k_sum, k_last,
+        status, last_observed_at,
+    )  # fmt: skip
     return out, version

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from itertools import accumulate
 from typing import Any
 
-from queuewatch.aggregator.pane import ExactSum, Pane, rank_quantile, window_metrics
+from queuewatch.aggregator.pane import ExactSum, Pane, metrics_row, window_metrics
 
 #: Pane attributes whose window value is the largest over the panes (None = absent).
 _MAX_FIELDS = (
@@ -185,45 +185,16 @@ class _Accumulator:
         if self.stale or self.w_min_stale:
             self._refresh()
         ext = self.ext
-        out: dict[str, Any] = {"reports": self.reports, "sources": len(self.sources)}
-        w_n = self.w_n
-        if w_n:
-            w_last = ext["w_last"]
-            out["wait_minutes_min"] = self.w_min
-            out["wait_minutes_max"] = ext["w_max"]
-            out["wait_minutes_avg"] = self.w_sum / w_n
-            bins = self.bins
-            keys = self.keys
-            running = list(accumulate(map(bins.__getitem__, keys)))
-            out["wait_minutes_p50"] = rank_quantile(self.zeros, w_n, keys, running, 0.5)
-            out["wait_minutes_p90"] = rank_quantile(self.zeros, w_n, keys, running, 0.9)
-            out["wait_minutes_last"] = w_last[2]
-        else:
-            out.update(
-                wait_minutes_min=None,
-                wait_minutes_max=None,
-                wait_minutes_avg=None,
-                wait_minutes_p50=None,
-                wait_minutes_p90=None,
-                wait_minutes_last=None,
-            )
-        if self.v_n:
-            out["queue_vehicles_max"] = ext["v_max"]
-            out["queue_vehicles_avg"] = self.v_sum / self.v_n
-            out["queue_vehicles_last"] = ext["v_last"][2]
-        else:
-            out.update(queue_vehicles_max=None, queue_vehicles_avg=None, queue_vehicles_last=None)
-        if self.k_n:
-            out["queue_length_km_max"] = ext["k_max"]
-            out["queue_length_km_avg"] = self.k_sum.mean(self.k_n)
-            out["queue_length_km_last"] = ext["k_last"][2]
-        else:
-            out.update(
-                queue_length_km_max=None, queue_length_km_avg=None, queue_length_km_last=None
-            )
-        status = ext["status_last"]
-        out["status_last"] = status[2] if status is not None else "unknown"
-        out["last_observed_at"] = ext["last_observed_at"]
+        keys = self.keys
+        running = list(accumulate(map(self.bins.__getitem__, keys))) if self.w_n else []
+        out = metrics_row(
+            self.reports, len(self.sources),
+            self.w_n, self.w_min, ext["w_max"], self.w_sum, self.zeros, keys, running,
+            ext["w_last"],
+            self.v_n, ext["v_max"], self.v_sum, ext["v_last"],
+            self.k_n, ext["k_max"], self.k_sum, ext["k_last"],
+            ext["status_last"], ext["last_observed_at"],
+        )  # fmt: skip
         return out, ext["seq_max"]
 
 
