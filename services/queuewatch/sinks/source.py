@@ -25,6 +25,11 @@ class Message:
     offset: int
     timestamp: int  # ms, the record's log timestamp
     value: bytes | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    #: The topic's id (Kafka's topic UUID, KIP-516): it changes when a topic is deleted and
+    #: created again under the same name, when offsets start again at 0. Empty if unknown.
+    topic_id: str = ""
 
 
 class RecordSource(Protocol):
@@ -55,6 +60,29 @@ class RecordSource(Protocol):
         ...
 
 
+#: The id Kafka reports for a topic it has no id for (KIP-516's "zero UUID").
+_NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def topic_id(bootstrap: str, topic: str, client_id: str = "queuewatch-sink") -> str:
+    """Kafka's UUID of ``topic`` as text, or "" when the broker gives none (before 2.8).
+
+    A topic deleted and created again under the same name gets a new id while its offsets
+    start again at 0: the id is what tells its records from the old ones.
+    """
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{client_id}-admin")
+    try:
+        for described in admin.describe_topics([topic]):
+            if described.get("name") == topic:
+                found = str(described.get("topic_id") or "")
+                return "" if found == _NO_TOPIC_ID else found
+        return ""
+    finally:
+        admin.close()
+
+
 class KafkaSource:
     """A kafka-python consumer in its own group, committing only what it is told to."""
 
@@ -71,6 +99,9 @@ class KafkaSource:
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
         self._topic = topic
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._topic_id = ""
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group,
@@ -87,6 +118,7 @@ class KafkaSource:
             heartbeat_interval_ms=max(500, int(session_timeout_s * 1000 / 3)),
         )
         revoke = on_revoke
+        source = self
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
@@ -94,7 +126,17 @@ class KafkaSource:
                     revoke()
 
             def on_partitions_assigned(self, assigned: Any) -> None:
-                log.info("%s: assigned %d partitions of %s", group, len(assigned), topic)
+                # Every assignment follows a rebalance, and deleting or re-creating a
+                # subscribed topic causes one: so the id read here is the incarnation
+                # that the records polled until the next assignment come from.
+                source._topic_id = topic_id(bootstrap, topic, client_id)
+                log.info(
+                    "%s: assigned %d partitions of %s (topic id %s)",
+                    group,
+                    len(assigned),
+                    topic,
+                    source._topic_id or "unknown",
+                )
 
         self._consumer.subscribe([topic], listener=Listener())
 
@@ -104,9 +146,20 @@ class KafkaSource:
             timeout_ms=max(0, int(timeout_s * 1000)), max_records=max(1, max_records)
         )
         out: list[Message] = []
+        topic_id = self._topic_id
         for records in batches.values():
             out.extend(
-                Message(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in records
+                Message(
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    r.timestamp,
+                    r.value,
+                    r.key,
+                    tuple((k, v or b"") for k, v in r.headers or ()),
+                    topic_id,
+                )
+                for r in records
             )
         return out
 
