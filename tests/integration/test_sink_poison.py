@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.consumer.fetcher import ConsumerRecord
 
@@ -161,3 +161,49 @@ def test_window_record_of_an_unknown_schema_version_is_dead_lettered_and_the_res
     assert headers["queuewatch.error.stage"] == "windows-sink"
     assert headers["queuewatch.source.topic"] == env.windows_topic
     assert headers["queuewatch.source.offset"].isdigit()
+
+
+def test_window_updates_deleted_by_retention_before_the_sink_read_them_are_reported(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    env = new_env(bootstrap, tmp_path)
+    before, _ = make_windows(keys=6, versions=1, seed=51)
+    publish(bootstrap, env.windows_topic, before)
+    sink = SinkProcess(env, tmp_path / "first.log")
+    try:
+        sink.wait_serving()
+        wait_until(
+            lambda: lag(bootstrap, env.window_group, env.windows_topic) == 0,
+            CATCH_UP_TIMEOUT_S,
+            "the window sink to commit",
+            sink,
+        )
+    finally:
+        assert sink.stop() == 0
+    # The sink is down while updates arrive and retention deletes them (delete_records moves
+    # each partition's start the way retention does).
+    missed, _ = make_windows(keys=9, versions=2, seed=52)
+    publish(bootstrap, env.windows_topic, missed)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        tps = [TopicPartition(env.windows_topic, p) for p in range(3)]
+        ends = consumer.end_offsets(tps)
+    finally:
+        consumer.close()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="test-retention")
+    try:
+        admin.delete_records(ends)
+    finally:
+        admin.close()
+    again = SinkProcess(env, tmp_path / "second.log")
+    try:
+        again.wait_serving()
+        wait_until(
+            lambda: lag(bootstrap, env.window_group, env.windows_topic) == 0,
+            CATCH_UP_TIMEOUT_S,
+            "the window sink to go on past the gap",
+            again,
+        )
+        assert f"{len(missed)} records of {env.windows_topic} expired unread" in again.output()
+    finally:
+        assert again.stop() == 0

@@ -36,7 +36,7 @@ from queuewatch.sinks import raw, windows
 from queuewatch.sinks.checkpoint import Backoff, BatchWriter, Checkpointer, DeadLetters, Transform
 from queuewatch.sinks.dead_letters import KafkaDeadLetters
 from queuewatch.sinks.exceptions import SinkError
-from queuewatch.sinks.source import KafkaSource
+from queuewatch.sinks.source import KafkaSource, skip_expired
 from queuewatch.sinks.writer import ClickHouseWriter, monthly
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ def run_sinks(
         for kind in kinds:
             spec = sink_spec(kind, common, settings.sink_max_partitions_per_insert)
             check_partitioning(admin, spec)
+            _report_expired(common.kafka_bootstrap, spec)
             client = connect(url)
             clients.append(client)
             letters = KafkaDeadLetters(common.kafka_bootstrap, common.dlq_topic, f"{kind}-sink")
@@ -242,6 +243,24 @@ def run_sinks(
             lock.release()
     if failures:
         raise SinkError(str(failures[0])) from failures[0]
+
+
+def _report_expired(bootstrap: str, spec: SinkSpec) -> None:
+    """Commit past records retention deleted before this sink read them, and say so loudly."""
+    gaps = skip_expired(bootstrap, spec.group, spec.topic)  # and commits past them
+    if not gaps:
+        return
+    where = ", ".join(f"partition {p}: {n}" for p, n in sorted(gaps.items()))
+    log.error(
+        "%s sink: %d records of %s expired unread while the sink was down (%s), past the "
+        "topic's retention; the sink goes on from the oldest kept record. Windows whose last "
+        "update was among them are stale: rebuild them from the log with a new aggregator "
+        "group (docs/reliability.md, 'Short window retention')",
+        spec.kind,
+        sum(gaps.values()),
+        spec.topic,
+        where,
+    )
 
 
 def _run_one(cp: Checkpointer, stop: threading.Event, failures: list[BaseException]) -> None:

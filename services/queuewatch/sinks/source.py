@@ -83,6 +83,45 @@ def topic_id(bootstrap: str, topic: str, client_id: str = "queuewatch-sink") -> 
         admin.close()
 
 
+def skip_expired(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """Move ``group`` past records the broker deleted before it read them; return the counts.
+
+    A group whose committed offset is older than a partition's first kept record (retention
+    deleted them while its sink was down) resumes at that first record, and the ones between
+    are gone without a word; if nothing was kept after them, its commit never moves again and
+    the lag it shows stays up for good. So, before the sink joins its group, this counts them
+    per partition and commits each such partition's first kept offset: the records are gone,
+    and saying so once is better than waiting for them. The caller reports the counts.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        firsts = consumer.beginning_offsets(tps)
+        gaps: dict[int, int] = {}
+        for tp in tps:
+            committed = consumer.committed(tp)
+            if committed is not None and committed < firsts[tp]:
+                gaps[tp.partition] = firsts[tp] - committed
+        if gaps:
+            try:
+                consumer.commit(
+                    {
+                        TopicPartition(topic, p): OffsetAndMetadata(
+                            firsts[TopicPartition(topic, p)], "", -1
+                        )
+                        for p in gaps
+                    }
+                )
+            except Exception as exc:  # another member is active: it reads on from the start
+                log.warning("%s: could not commit past the expired records (%s)", group, exc)
+        return gaps
+    finally:
+        consumer.close(autocommit=False)
+
+
 class KafkaSource:
     """A kafka-python consumer in its own group, committing only what it is told to."""
 
