@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from queuewatch.kafka.topics import DAY_MS, TopicSpec, ensure_topics, topic_specs
+from queuewatch.kafka.topics import TopicSpec, ensure_topics, topic_specs
 from queuewatch.settings import CommonSettings
 from tests.integration.test_sinks_harness import wait_until
 
 pytestmark = pytest.mark.integration
+
+DAY_MS = 24 * 3600 * 1000
 
 
 def retention_ms(bootstrap: str, topic: str) -> int:

@@ -168,7 +168,17 @@ class KafkaSource:
                 # Every assignment follows a rebalance, and deleting or re-creating a
                 # subscribed topic causes one: so the id read here is the incarnation
                 # that the records polled until the next assignment come from.
-                source._topic_id = topic_id(bootstrap, topic, client_id)
+                try:
+                    source._topic_id = topic_id(bootstrap, topic, client_id)
+                except Exception as exc:  # a failing callback would break the group join
+                    source._topic_id = ""
+                    log.warning(
+                        "%s: could not read the id of %s (%s); deduplication tokens name the "
+                        "topic only until the next assignment",
+                        group,
+                        topic,
+                        exc,
+                    )
                 log.info(
                     "%s: assigned %d partitions of %s (topic id %s)",
                     group,
