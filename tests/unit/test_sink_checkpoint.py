@@ -389,3 +389,16 @@ def test_dedup_token_differs_for_the_same_offsets_of_another_topic_incarnation()
         old.add(Message(m.topic, 0, m.offset, 0, m.value, topic_id="id-1"), [1], 0.0)
         new.add(Message(m.topic, 0, m.offset, 0, m.value, topic_id="id-2"), [1], 0.0)
     assert old.dedup_token("db.t") != new.dedup_token("db.t")
+
+
+def test_a_batch_with_more_refused_rows_than_bad_data_explains_stops_without_commit() -> None:
+    events: list[str] = []
+    clock = FakeClock()
+    source = MemorySource(messages(40), clock, events)
+    writer = RefusingWriter(events, bad=set(range(0, 40, 3)))  # 14 of 40: over the 10 allowed
+    cp = Checkpointer("s", source, writer, keep_all, "db.t", batch_rows=40, clock=clock)
+    letters = with_letters(cp, events)
+    with pytest.raises(SinkAborted, match="refuses 11 of the 40 rows"):
+        cp.step(threading.Event())
+    assert source.committed == {}
+    assert letters.sent == []

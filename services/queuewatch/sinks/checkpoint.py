@@ -14,8 +14,8 @@ Each sink is a loop of checkpoints. One checkpoint:
    too many partitions); each part gets the batch token plus its place, so the parts too
    are deterministic. When ClickHouse refuses the *rows* (a value it cannot take), the
    batch is halved and each half written with a token of its own, down to the single rows
-   at fault, which become dead letters: one bad row costs about 2·log2(batch) inserts, not
-   the batch.
+   at fault, which become dead letters: one bad row in 10,000 costs 27 inserts, not the
+   batch. More refused rows than ``refused_rows_limit`` (1%) stop the sink instead.
 4. **Send the batch's dead letters** and wait until the broker acknowledged every one.
 5. **Only after ClickHouse accepted every part and the dead letters are durable, commit**
    per partition the offset after the last one of the batch.
@@ -219,6 +219,15 @@ def advice(error: ClickHouseError) -> str:
     return "fix the table or the settings the error names (`queuewatch migrate` applies the schema)"
 
 
+def refused_rows_limit(rows: int) -> int:
+    """Most rows of a batch that may be dead-lettered as refused before the sink stops.
+
+    1% of the batch, at least 10: a few odd values are data; more is a table that no longer
+    fits the rows (a changed column type), where every row would be dead-lettered.
+    """
+    return max(10, rows // 100)
+
+
 class Checkpointer:
     """Runs the numbered protocol of this module for one sink."""
 
@@ -345,7 +354,9 @@ class Checkpointer:
             except _RowsRefused as refused:
                 if end - start > 1:
                     mid = (start + end) // 2
-                    log.warning(
+                    whole = end - start == len(batch.rows)
+                    log.log(
+                        logging.WARNING if whole else logging.DEBUG,
                         "%s: ClickHouse refused %d rows of %s (%s); halving to find the rows "
                         "at fault",
                         self.name,
@@ -363,6 +374,16 @@ class Checkpointer:
 
     def _refused_row(self, batch: Batch, message: Message, error: ClickHouseError) -> None:
         where = f"{message.topic}[{message.partition}]@{message.offset}"
+        refused = 1 + sum(1 for letter in batch.letters if letter.code == CLICKHOUSE_REFUSED)
+        if refused > refused_rows_limit(len(batch.rows)):
+            # So many bad rows say the table changed, not the data: dead-lettering a whole
+            # topic because of a migration would be worse than stopping.
+            raise SinkAborted(
+                f"{self.name}: ClickHouse refuses {refused} of the {len(batch.rows)} rows of "
+                f"{batch.describe()} ({error}), more than bad data explains; no offset was "
+                "committed. Check that the table matches the schema (`queuewatch migrate`), "
+                "then restart the sink"
+            )
         if self.dead_letters is None:
             raise SinkAborted(
                 f"{self.name}: ClickHouse refuses the row of {where} ({error}) and this sink "
