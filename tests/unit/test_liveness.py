@@ -33,6 +33,7 @@ def sampled(watch: ProgressWatch, clock: Clock, seconds: float, position: int, l
     end = clock.now + seconds
     while clock.now < end:
         clock.now += watch.interval_s
+        watch.begin()
         stall = watch.observe(position, lag)
         if stall is not None:
             return stall
@@ -55,6 +56,7 @@ def test_a_moving_position_is_progress_however_large_the_lag() -> None:
     watch = ProgressWatch(stall_after_s=60, interval_s=5, clock=clock)
     for step in range(100):
         clock.now += 5
+        watch.begin()
         assert watch.observe(position=step, lag=1_000_000) is None
     assert watch.state() == "catching_up"
 
@@ -80,9 +82,24 @@ def test_a_frozen_process_is_not_judged_on_the_time_it_was_frozen() -> None:
     watch = ProgressWatch(stall_after_s=60, interval_s=5, clock=clock)
     watch.observe(position=1, lag=5)
     clock.now += 3600  # SIGSTOP, a suspended VM: no sample for an hour
+    watch.begin()
     assert watch.observe(position=1, lag=5) is None
     assert sampled(watch, clock, 55, position=1, lag=5) is None
     assert sampled(watch, clock, 10, position=1, lag=5) is not None
+
+
+def test_slow_samples_are_not_mistaken_for_a_frozen_process() -> None:
+    clock = Clock()
+    watch = ProgressWatch(stall_after_s=20, interval_s=1, clock=clock)
+    stall = None
+    for _ in range(10):
+        clock.now += 1
+        watch.begin()
+        clock.now += 5  # the broker does not answer: every sample times out after 5 s
+        stall = watch.observe(position=3, lag=1, blocked="end offsets cannot be read")
+        if stall is not None:
+            break
+    assert stall is not None and stall.reason == "end offsets cannot be read"
 
 
 def test_the_stall_names_what_blocks_the_work() -> None:
@@ -91,6 +108,7 @@ def test_the_stall_names_what_blocks_the_work() -> None:
     stall = None
     while stall is None:
         clock.now += 1
+        watch.begin()
         stall = watch.observe(5, 5, blocked="waiting for the broker (for 9 s)")
     assert stall.reason == "waiting for the broker (for 9 s)"
 

@@ -528,6 +528,7 @@ class Aggregator:
         """Progress or an honest exit (platform.liveness): sample position and lag, judge."""
         self.guard.beat()
         self.guard.start()
+        self.watch.begin()
         try:
             position, lag, blocked = await asyncio.wait_for(
                 self._sample_progress(), timeout=max(2 * self.watch_interval_s, 5.0)
@@ -537,7 +538,8 @@ class Aggregator:
         except Exception as exc:  # the broker or faust's consumer thread does not answer
             position = self.watch.position or 0
             lag = max(self.watch.lag or 1, 1)
-            blocked = f"the input's end offsets cannot be read ({type(exc).__name__}: {exc})"
+            why = "no answer in time" if isinstance(exc, TimeoutError) else f"{exc!r}"
+            blocked = f"the input's end offsets cannot be read from Kafka ({why})"
         stall = self.watch.observe(position, lag, blocked)
         self.heartbeat.write(
             self.watch,

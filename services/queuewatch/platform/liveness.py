@@ -7,10 +7,10 @@ from "stuck". So each processor judges itself, and leaves a trace others can jud
 * :class:`ProgressWatch` (pure, an injectable clock) is fed, every few seconds, the
   processor's input position and its lag. Progress is the position moving, or no lag at all.
   Lag with no progress for ``stall_after_s`` is a :class:`Stall`: the processor logs why and
-  exits non-zero (:data:`EXIT_STALLED`), so ``queuewatch up`` or Docker restarts it. A gap
-  between two observations much longer than their interval means the process itself was
-  frozen (SIGSTOP, a suspended VM): the watch then starts counting afresh instead of
-  killing a process that has only just woken up.
+  exits non-zero (:data:`EXIT_STALLED`), so ``queuewatch up`` or Docker restarts it. A sample
+  that starts much later than the previous one ended means the process itself was frozen
+  (SIGSTOP, a suspended VM): the watch then counts afresh instead of killing a process that
+  has only just woken up (a slow sample, say a broker that does not answer, is no excuse).
 * :class:`Heartbeat` writes what the watch knows to ``$QUEUEWATCH_HOME/health/<kind>-<pid>.json``
   (atomically, every observation). ``queuewatch status`` reads these files: a processor whose
   group has lag and whose heartbeat says stalled, or has not been rewritten for
@@ -75,6 +75,18 @@ class ProgressWatch:
         """Seconds since the last progress (or since the watch started)."""
         return self.clock() - self.last_progress_at
 
+    def begin(self) -> None:
+        """A sample starts now: if the last one ended long ago, the process was frozen.
+
+        Called before the (possibly slow) work of taking a sample, so a sample that takes
+        long because the broker does not answer is not mistaken for a frozen process.
+        """
+        now = self.clock()
+        if now - self.last_observed_at > _FROZEN_FACTOR * max(self.interval_s, 0.1):
+            # We were not running: whatever happened meanwhile is not the processor's doing.
+            self.last_progress_at = now
+        self.last_observed_at = now
+
     def observe(self, position: int, lag: int, blocked: str | None = None) -> Stall | None:
         """One sample: the summed input position, the lag, and what blocks the work if known.
 
@@ -84,9 +96,6 @@ class ProgressWatch:
         ``stall_after_s``, else None.
         """
         now = self.clock()
-        if now - self.last_observed_at > _FROZEN_FACTOR * max(self.interval_s, 0.1):
-            # We were not running: whatever happened meanwhile is not the processor's doing.
-            self.last_progress_at = now
         self.last_observed_at = now
         if lag <= 0 or (self.position is not None and position != self.position):
             self.last_progress_at = now
