@@ -171,6 +171,10 @@ def run_sinks(
     common = common or CommonSettings()
     settings = settings or SinkSettings()
     stop = stop or threading.Event()
+    # Before anything answers: once `queuewatch query` works, a supervisor may stop this
+    # process at any moment, and SIGTERM must then mean "flush and exit 0", not death by
+    # the default handler (a stop right after start-up used to end with -15).
+    _install_signal_handlers(stop)
     if common.log_level.upper() != "DEBUG":
         # kafka-python logs every connection at INFO; our own lines are what an operator needs.
         logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -215,7 +219,6 @@ def run_sinks(
             server = QueryServer(common.query_address, query_client)
             server.start()
             log.info("answering `queuewatch query` on %s", common.query_address)
-        _install_signal_handlers(stop)
         for cp in checkpointers:
             thread = threading.Thread(
                 target=_run_one, args=(cp, stop, failures), name=cp.name, daemon=True
