@@ -48,6 +48,12 @@ class CommonSettings(BaseSettings):
     windows_topic: str = Field(
         "crossing-windows", description="Window aggregates emitted by the aggregator."
     )
+    windows_retention_days: float = Field(
+        30.0,
+        description="How long crossing-windows keeps window updates: the longest window-sink "
+        "outage that loses nothing (a two-week holiday shutdown, twice). Past it, rebuild "
+        "from the log (docs/reliability.md).",
+    )
     reports_partitions: int = Field(
         12, description="Partitions of the reports topic: the ceiling on aggregator workers."
     )
@@ -160,6 +166,16 @@ class SinkSettings(BaseSettings):
         10.0,
         description="Cap of the pause between write attempts, so a recovered ClickHouse is "
         "noticed within this many seconds.",
+    )
+    sink_write_max_attempts: int = Field(
+        60,
+        description="Failed writes in a row after which a sink stops (exit 1, restarted by "
+        "`up`) instead of retrying one batch forever; 60 is about 10 minutes of backoff.",
+    )
+    sink_max_partitions_per_insert: int = Field(
+        100,
+        description="Most monthly table partitions one insert touches; a batch spanning more "
+        "is split. Keep it at or below the server's max_partitions_per_insert_block (100).",
     )
     sink_session_timeout_s: float = Field(
         10.0,

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,10 @@ class SinkEnv:
         return f"windows-{self.suffix}"
 
     @property
+    def dlq_topic(self) -> str:
+        return f"dlq-{self.suffix}"
+
+    @property
     def raw_group(self) -> str:
         return f"raw-sink-{self.suffix}"
 
@@ -69,7 +74,7 @@ class SinkEnv:
             QUEUEWATCH_CLICKHOUSE_URL=f"chdb://{self.home / 'clickhouse'}",
             QUEUEWATCH_REPORTS_TOPIC=self.reports_topic,
             QUEUEWATCH_WINDOWS_TOPIC=self.windows_topic,
-            QUEUEWATCH_DLQ_TOPIC=f"dlq-{self.suffix}",
+            QUEUEWATCH_DLQ_TOPIC=self.dlq_topic,
             QUEUEWATCH_RAW_SINK_GROUP=self.raw_group,
             QUEUEWATCH_WINDOW_SINK_GROUP=self.window_group,
             QUEUEWATCH_QUERY_ADDRESS=self.query_address,
@@ -84,6 +89,7 @@ class SinkEnv:
             [
                 TopicSpec(self.reports_topic, partitions),
                 TopicSpec(self.windows_topic, partitions),
+                TopicSpec(self.dlq_topic, 1),
             ],
         )
 
@@ -164,6 +170,55 @@ def make_reports(count: int, seed: int, now_ms: int | None = None) -> ReportSet:
         resent = dict(record, wait_minutes=int(record["wait_minutes"]) + 1)
         messages.append((str(record["crossing_id"]).encode(), encode(resent, schema)))
     return ReportSet(messages, expected)
+
+
+@dataclass
+class Backfill(ReportSet):
+    """A ReportSet of one crossing only."""
+
+    crossing: str = ""
+
+
+def make_monthly_backfill(months: int, per_month: int, seed: int) -> Backfill:
+    """``per_month`` valid reports of one crossing in each of the last ``months`` months.
+
+    The history a feed's archive brings in one go: every report of a month lands in the same
+    ClickHouse partition of queue_reports (``toYYYYMM(observed_at)``).
+    """
+    rng = random.Random(seed)
+    schema = default_registry().latest(QUEUE_REPORT)
+    crossing, frm, to = CROSSINGS[0]
+    now = datetime.now(UTC)
+    messages: list[tuple[bytes, bytes]] = []
+    expected: dict[tuple[str, str], int] = {}
+    for back in range(months):
+        year, month = divmod(now.year * 12 + now.month - 1 - back, 12)
+        first = datetime(year, month + 1, 1, tzinfo=UTC)
+        for n in range(per_month):
+            observed = first + timedelta(days=n * 6, hours=rng.randint(0, 23))
+            observed = min(observed, now - timedelta(minutes=1))
+            wait = rng.randint(0, 3000)
+            record: dict[str, Any] = {
+                "event_id": f"backfill-{seed}-{year:04d}{month + 1:02d}-{n}",
+                "crossing_id": crossing,
+                "from_country": frm,
+                "to_country": to,
+                "traffic_class": "car",
+                "observed_at": int(observed.timestamp() * 1000),
+                "source": {"type": "official_feed", "name": "archive", "url": None},
+                "wait_minutes": wait,
+                "queue_vehicles": None,
+                "queue_persons": None,
+                "queue_length_km": None,
+                "throughput_per_hour": None,
+                "lanes_open": None,
+                "status": "delay",
+                "location": None,
+                "note": None,
+            }
+            messages.append((crossing.encode(), encode(record, schema)))
+            expected[(crossing, record["event_id"])] = wait
+    return Backfill(messages, expected, crossing)
 
 
 def make_windows(

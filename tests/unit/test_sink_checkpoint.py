@@ -12,7 +12,7 @@ import pytest
 
 from queuewatch.clickhouse.exceptions import ClickHouseError
 from queuewatch.sinks.checkpoint import Backoff, Batch, Checkpointer
-from queuewatch.sinks.exceptions import SinkAborted
+from queuewatch.sinks.exceptions import RecordRejected, SinkAborted
 from queuewatch.sinks.source import Message
 
 
@@ -262,3 +262,143 @@ def test_batch_is_due_when_full_or_old_enough() -> None:
 def test_backoff_doubles_from_initial_and_is_capped() -> None:
     backoff = Backoff(0.5, 10.0)
     assert [backoff.delay(n) for n in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+class MemoryLetters:
+    """Dead letters kept in memory; every flush is an event."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.sent: list[tuple[int, str]] = []
+
+    def send(self, message: Message, code: str, reason: str) -> None:
+        self.sent.append((message.offset, code))
+
+    def flush(self) -> None:
+        self.events.append(f"letters {len(self.sent)}")
+
+
+class RefusingWriter(MemoryWriter):
+    """Refuses, for what they hold, any insert containing one of the ``bad`` offsets."""
+
+    def __init__(self, events: list[str], bad: set[int]) -> None:
+        super().__init__(events)
+        self.bad = bad
+        self.attempts = 0
+
+    def write(self, rows: list[Any], dedup_token: str) -> None:
+        self.attempts += 1
+        if any(row[0] in self.bad for row in rows):
+            raise REFUSED
+        super().write(rows, dedup_token)
+
+
+REFUSED = ClickHouseError("bad value", 53, "TYPE_MISMATCH", retryable=False, refused_rows=True)
+
+
+def with_letters(cp: Checkpointer, events: list[str]) -> MemoryLetters:
+    letters = MemoryLetters(events)
+    cp.dead_letters = letters
+    return letters
+
+
+def test_retryable_failures_stop_after_max_attempts_naming_offsets_without_commit() -> None:
+    cp, source, _writer, _events = make(messages(10, partition=4, start=20), failures=[OUTAGE] * 9)
+    cp.max_attempts = 5
+    with pytest.raises(SinkAborted) as raised:
+        cp.step(threading.Event())
+    text = str(raised.value)
+    assert "5 writes in a row" in text and "NETWORK_ERROR" in text
+    assert "t[4] offsets 20-29" in text
+    assert "QUEUEWATCH_SINK_WRITE_MAX_ATTEMPTS" in text
+    assert source.committed == {}
+
+
+def test_fatal_error_message_names_the_partition_offsets_and_what_to_do() -> None:
+    cp, source, _writer, _events = make(messages(10, partition=2, start=5), failures=[FATAL])
+    with pytest.raises(SinkAborted) as raised:
+        cp.step(threading.Event())
+    assert "t[2] offsets 5-14" in str(raised.value)
+    assert "queuewatch migrate" in str(raised.value)
+    assert source.committed == {}
+
+
+def test_refused_row_is_isolated_dead_lettered_and_the_rest_written_before_commit() -> None:
+    events: list[str] = []
+    clock = FakeClock()
+    source = MemorySource(messages(16), clock, events)
+    writer = RefusingWriter(events, bad={11})
+    cp = Checkpointer("s", source, writer, keep_all, "db.t", batch_rows=16, clock=clock)
+    letters = with_letters(cp, events)
+    cp.step(threading.Event())
+    written = sorted(row[0] for rows, _ in writer.batches for row in rows)
+    assert written == [i for i in range(16) if i != 11]
+    assert letters.sent == [(11, "clickhouse_refused")]
+    assert events[-2:] == ["letters 1", "commit [(('t', 0), 16)]"]
+    assert writer.attempts <= 2 * 4 + 1  # halving: about 2 log2(16) inserts, not 16
+    tokens = [token for _, token in writer.batches]
+    assert len(set(tokens)) == len(tokens)  # every half has a token of its own
+
+
+def test_halving_gives_the_same_tokens_on_a_replay() -> None:
+    def run() -> list[str]:
+        events: list[str] = []
+        clock = FakeClock()
+        writer = RefusingWriter(events, bad={3, 6})
+        cp = Checkpointer(
+            "s", MemorySource(messages(8), clock, events), writer, keep_all, "db.t", 8, clock=clock
+        )
+        with_letters(cp, events)
+        cp.step(threading.Event())
+        return [token for _, token in writer.batches]
+
+    assert run() == run()
+
+
+def test_refused_row_without_a_dead_letter_topic_aborts_naming_its_offset() -> None:
+    events: list[str] = []
+    clock = FakeClock()
+    source = MemorySource(messages(4), clock, events)
+    cp = Checkpointer(
+        "s", source, RefusingWriter(events, bad={2}), keep_all, "db.t", 4, clock=clock
+    )
+    with pytest.raises(SinkAborted, match=r"t\[0\]@2"):
+        cp.step(threading.Event())
+    assert source.committed == {}
+
+
+def test_record_the_transform_rejects_is_dead_lettered_before_the_commit() -> None:
+    def transform(message: Message) -> list[Any]:
+        if message.offset == 1:
+            raise RecordRejected("unknown_fingerprint", "schema 0xab is not known")
+        if message.offset == 2:
+            raise KeyError("a bug")
+        return [message.offset]
+
+    cp, _source, writer, events = make(messages(4), batch_rows=4, transform=transform)
+    letters = with_letters(cp, events)
+    cp.step(threading.Event())
+    assert [rows for rows, _ in writer.batches] == [[[0], [3]]]
+    assert letters.sent == [(1, "unknown_fingerprint"), (2, "transform_failed")]
+    assert events == ["write 2", "letters 2", "commit [(('t', 0), 4)]"]
+
+
+def test_dedup_token_differs_for_the_same_offsets_of_another_topic_incarnation() -> None:
+    old, new = Batch(), Batch()
+    for m in messages(3):
+        old.add(Message(m.topic, 0, m.offset, 0, m.value, topic_id="id-1"), [1], 0.0)
+        new.add(Message(m.topic, 0, m.offset, 0, m.value, topic_id="id-2"), [1], 0.0)
+    assert old.dedup_token("db.t") != new.dedup_token("db.t")
+
+
+def test_a_batch_with_more_refused_rows_than_bad_data_explains_stops_without_commit() -> None:
+    events: list[str] = []
+    clock = FakeClock()
+    source = MemorySource(messages(40), clock, events)
+    writer = RefusingWriter(events, bad=set(range(0, 40, 3)))  # 14 of 40: over the 10 allowed
+    cp = Checkpointer("s", source, writer, keep_all, "db.t", batch_rows=40, clock=clock)
+    letters = with_letters(cp, events)
+    with pytest.raises(SinkAborted, match="refuses 11 of the 40 rows"):
+        cp.step(threading.Event())
+    assert source.committed == {}
+    assert letters.sent == []

@@ -13,10 +13,13 @@ from queuewatch.clickhouse.exceptions import ClickHouseError, EngineBusyError, M
 from queuewatch.clickhouse.migrations import load_migrations, render, split_statements
 from queuewatch.contract.codec import encode
 from queuewatch.contract.schemas import CROSSING_WINDOW, QUEUE_REPORT, default_registry
-from queuewatch.sinks import raw
+from queuewatch.kafka.topics import config_drift
+from queuewatch.sinks import raw, windows
+from queuewatch.sinks.exceptions import RecordRejected
 from queuewatch.sinks.raw import ReportTransform
 from queuewatch.sinks.source import Message
 from queuewatch.sinks.windows import WindowTransform, window_columns
+from queuewatch.sinks.writer import split_by_partition, yyyymm
 
 NOW_MS = 1_727_000_000_000
 
@@ -168,3 +171,81 @@ def test_folder_open_elsewhere_is_an_engine_busy_error() -> None:
 
 def test_chdb_url_names_an_absolute_folder(tmp_path: Path) -> None:
     assert chdb_folder(f"chdb://{tmp_path}/ch") == tmp_path / "ch"
+
+
+def test_too_many_partitions_for_one_insert_is_not_retryable_but_merges_behind_are() -> None:
+    text = (
+        "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than "
+        "100). The limit is controlled by 'max_partitions_per_insert_block'. (TOO_MANY_PARTS)"
+    )
+    shape = wrap_error(RuntimeError(text), "inserting")
+    assert (shape.code, shape.retryable, shape.refused_rows) == (252, False, False)
+    merges = wrap_error(
+        RuntimeError(
+            "Code: 252. DB::Exception: Too many parts (300) in partition. (TOO_MANY_PARTS)"
+        ),
+        "inserting",
+    )
+    assert merges.retryable
+
+
+def test_codes_of_bad_values_mark_the_rows_refused_not_the_table() -> None:
+    err = wrap_error(RuntimeError("Code: 53. DB::Exception: type. (TYPE_MISMATCH)"), "inserting")
+    assert (err.retryable, err.refused_rows) == (False, True)
+    table = wrap_error(RuntimeError("Code: 60. DB::Exception: no. (UNKNOWN_TABLE)"), "inserting")
+    assert not table.refused_rows
+
+
+def test_a_value_the_driver_cannot_serialize_marks_the_rows_refused() -> None:
+    err = wrap_error(TypeError("unsupported operand type(s)"), "inserting 3 rows")
+    assert err.code is None and not err.retryable and err.refused_rows
+
+
+def test_window_record_of_an_unknown_schema_is_rejected_for_the_dead_letter_topic() -> None:
+    unknown = b"\xc3\x01" + bytes.fromhex("0123456789abcdef") + b"\x02body"
+    with pytest.raises(RecordRejected) as raised:
+        WindowTransform()(message(unknown))
+    assert raised.value.code == "unknown_fingerprint"
+    assert WindowTransform()(message(None)) is None
+
+
+def test_yyyymm_is_clickhouses_month_of_a_utc_millisecond_time() -> None:
+    assert yyyymm(0) == 197001
+    assert yyyymm(1_664_582_399_999) == 202209  # 2022-09-30T23:59:59.999Z
+    assert yyyymm(1_664_582_400_000) == 202210
+
+
+def test_rows_within_the_partition_limit_stay_one_insert_in_their_order() -> None:
+    rows = [[m] for m in (3, 1, 2, 1)]
+    assert split_by_partition(rows, lambda r: int(r[0]), 3) == [rows]
+
+
+def test_rows_over_the_partition_limit_split_into_parts_under_it_in_partition_order() -> None:
+    rows = [[month, i] for i, month in enumerate([5, 1, 4, 2, 5, 3, 1])]
+    parts = split_by_partition(rows, lambda r: int(r[0]), 2)
+    assert [sorted({int(r[0]) for r in part}) for part in parts] == [[1, 2], [3, 4], [5]]
+    assert sorted(map(tuple, (r for part in parts for r in part))) == sorted(map(tuple, rows))
+    assert parts[0] == [[1, 1], [1, 6], [2, 3]]  # row order kept within a partition
+    assert split_by_partition(rows, lambda r: int(r[0]), 2) == parts  # deterministic
+
+
+def test_the_sinks_split_by_the_column_their_migrations_partition_by() -> None:
+    sql = {m.name: " ".join(m.statements) for m in load_migrations()}
+    assert f"PARTITION BY toYYYYMM({raw.PARTITION_COLUMN})" in sql["queue_reports"]
+    assert f"PARTITION BY toYYYYMM({windows.PARTITION_COLUMN})" in sql["crossing_windows"]
+    assert raw.PARTITION_COLUMN in raw.COLUMNS
+    assert windows.PARTITION_COLUMN in window_columns()
+
+
+def test_existing_topic_retention_is_raised_when_shorter_never_lowered() -> None:
+    wanted = {"retention.ms": "2592000000", "cleanup.policy": "delete"}
+    shorter = config_drift("w", {"retention.ms": "604800000", "cleanup.policy": "delete"}, wanted)
+    assert [(d.key, d.altered) for d in shorter] == [("retention.ms", True)]
+    longer = config_drift("w", {"retention.ms": "-1", "cleanup.policy": "compact"}, wanted)
+    assert [(d.key, d.altered) for d in longer] == [
+        ("cleanup.policy", False),
+        ("retention.ms", False),
+    ]
+    assert config_drift("w", dict(wanted), wanted) == []
+    forever = config_drift("log", {"retention.ms": "604800000"}, {"retention.ms": "-1"})
+    assert forever[0].altered

@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from queuewatch.clickhouse.exceptions import RETRYABLE_CODES, ClickHouseError, EngineBusyError
+from queuewatch.clickhouse.exceptions import (
+    REFUSED_ROW_CODES,
+    ClickHouseError,
+    EngineBusyError,
+    is_retryable,
+)
 from queuewatch.errors import ConfigurationError
 
 #: The embedded engine runs inside this process; clickhouse-connect clients are not
@@ -65,12 +70,31 @@ def wrap_error(exc: BaseException, doing: str) -> ClickHouseError:
         )
     message = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     if code is None:
-        # No answer from ClickHouse at all: connection refused, reset or timed out.
+        # No answer from ClickHouse at all: connection refused, reset or timed out. Anything
+        # else without a code was raised by the driver itself before sending, and for an
+        # insert that means a value it cannot serialize into its column.
         retryable = isinstance(exc, (OperationalError, OSError, TimeoutError))
-        return ClickHouseError(f"{doing}: {message}", None, None, retryable=retryable)
+        refused = not retryable and isinstance(exc, _serialize_errors())
+        return ClickHouseError(
+            f"{doing}: {message}", None, None, retryable=retryable, refused_rows=refused
+        )
+    code = int(code)
     return ClickHouseError(
-        f"{doing}: {message}", int(code), name, retryable=int(code) in RETRYABLE_CODES
+        f"{doing}: {message}",
+        code,
+        name,
+        retryable=is_retryable(code, text),
+        refused_rows=code in REFUSED_ROW_CODES,
     )
+
+
+def _serialize_errors() -> tuple[type[BaseException], ...]:
+    """What clickhouse-connect raises for a value that does not fit its column."""
+    import struct
+
+    from clickhouse_connect.driver.exceptions import DataError, ProgrammingError
+
+    return (DataError, ProgrammingError, TypeError, ValueError, OverflowError, struct.error)
 
 
 @contextlib.contextmanager

@@ -2,11 +2,19 @@
 
 The broker never auto-creates topics (``auto.create.topics.enable=false``), so a typo in a
 topic name fails loudly instead of quietly starting a new, empty log.
+
+A topic that exists keeps the configs it was created with, whatever the settings say now.
+So :func:`ensure_topics` also compares the retention of existing topics with their spec:
+a retention *shorter* than the spec is raised to it (the broker would otherwise delete
+records the spec promises to keep, e.g. window updates a sink down for a week has not read
+yet); a longer one is left alone and logged, since shortening it would delete data someone
+chose to keep. Any other config that differs is only logged.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient
@@ -17,7 +25,9 @@ from queuewatch.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
-WEEK_MS = 7 * 24 * 3600 * 1000
+DAY_MS = 24 * 3600 * 1000
+#: Configs whose larger value keeps more data: raising one deletes nothing.
+_RETENTION_KEYS = ("retention.ms", "retention.bytes")
 
 
 @dataclass(frozen=True)
@@ -41,23 +51,132 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
         # Dead letters keep the original bytes for a person to inspect and replay: forever too.
         TopicSpec(settings.dlq_topic, 3, {"retention.ms": "-1", "cleanup.policy": "delete"}),
         # Derived data (the aggregator rebuilds it from the log); keyed by crossing, so not
-        # compacted: compaction would keep one window per crossing. A week covers any outage.
+        # compacted: compaction would keep one window per crossing. Kept long enough for the
+        # window sink to come back from an outage (QUEUEWATCH_WINDOWS_RETENTION_DAYS);
+        # docs/reliability.md says how to rebuild past it.
         TopicSpec(
             settings.windows_topic,
             settings.reports_partitions,
-            {"retention.ms": str(WEEK_MS), "cleanup.policy": "delete"},
+            {
+                "retention.ms": str(int(settings.windows_retention_days * DAY_MS)),
+                "cleanup.policy": "delete",
+            },
         ),
     ]
 
 
+@dataclass(frozen=True)
+class ConfigDrift:
+    """A config of an existing topic that differs from its spec, and what was done."""
+
+    topic: str
+    key: str
+    found: str | None
+    wanted: str
+    altered: bool
+
+
+def _keeps_less(key: str, found: str | None, wanted: str) -> bool:
+    """True when ``found`` keeps less data than ``wanted`` (-1 means unlimited)."""
+    if key not in _RETENTION_KEYS or found is None:
+        return False
+    have, want = int(found), int(wanted)
+    if want < 0:
+        return have >= 0
+    return 0 <= have < want
+
+
+def config_drift(
+    topic: str, found: dict[str, str | None], wanted: dict[str, str]
+) -> list[ConfigDrift]:
+    """The configs of ``topic`` that differ from ``wanted``; ``altered`` marks those to raise.
+
+    A key missing from ``found`` is unknown, not different: a broker applying a config change
+    can answer a describe with no configs for a moment, and that must not read as drift.
+    """
+    return [
+        ConfigDrift(topic, key, found[key], value, _keeps_less(key, found[key], value))
+        for key, value in sorted(wanted.items())
+        if key in found and found[key] != value
+    ]
+
+
+#: A broker applying a topic change (just created, or altered) can answer a describe with no
+#: configs for a moment; ask this many times, this far apart, before giving up.
+_DESCRIBE_ATTEMPTS = 10
+_DESCRIBE_PAUSE_S = 0.5
+
+
+def _describe(admin: KafkaAdminClient, spec: TopicSpec) -> dict[str, str | None]:
+    """The current values of the spec's config keys on its topic; empty if unreadable."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    resource = ConfigResource(ConfigResourceType.TOPIC, spec.name, list(spec.configs))
+    for attempt in range(_DESCRIBE_ATTEMPTS):
+        described = admin.describe_configs([resource], config_filter="all")
+        configs = described.get("topic", {}).get(spec.name, {})
+        if configs:
+            return {k: c.get("value") for k, c in configs.items()}
+        if attempt + 1 < _DESCRIBE_ATTEMPTS:
+            time.sleep(_DESCRIBE_PAUSE_S)
+    return {}
+
+
+def align_configs(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[ConfigDrift]:
+    """Raise short retentions of existing topics to their spec; log every other difference."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    wanted = [s for s in specs if s.configs]
+    if not wanted:
+        return []
+    drifts: list[ConfigDrift] = []
+    for spec in wanted:
+        found = _describe(admin, spec)
+        if not found:
+            log.warning(
+                "could not read the configs of topic %s; not checking its retention (run "
+                "`queuewatch topics` again once the broker is settled)",
+                spec.name,
+            )
+        drifts += config_drift(spec.name, found, spec.configs)
+    to_alter: dict[str, dict[str, str]] = {}
+    for d in drifts:
+        if d.altered:
+            to_alter.setdefault(d.topic, {})[d.key] = d.wanted
+            log.warning(
+                "topic %s exists with %s=%s, which keeps less than its spec; setting %s=%s",
+                d.topic,
+                d.key,
+                d.found,
+                d.key,
+                d.wanted,
+            )
+        else:
+            log.warning(
+                "topic %s exists with %s=%s, not %s as configured; left as it is (change it "
+                "with kafka-configs.sh if that is not meant)",
+                d.topic,
+                d.key,
+                d.found,
+                d.wanted,
+            )
+    if to_alter:
+        admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, c) for t, c in to_alter.items()]
+        )
+    return drifts
+
+
 def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
-    """Create the missing topics; return the names created. Existing topics are left as they are."""
+    """Create the missing topics and align the retention of existing ones; return those created.
+
+    See the module docstring for what happens to an existing topic whose configs differ.
+    """
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="queuewatch-admin")
     try:
         existing = set(admin.list_topics())
-        missing = [s for s in specs if s.name not in existing]
         created: list[str] = []
-        for spec in missing:
+        for spec in (s for s in specs if s.name not in existing):
             try:
                 admin.create_topics(
                     [NewTopic(spec.name, spec.partitions, 1, topic_configs=dict(spec.configs))]
@@ -65,7 +184,10 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
                 created.append(spec.name)
                 log.info("created topic %s (%d partitions)", spec.name, spec.partitions)
             except TopicAlreadyExistsError:
-                pass  # another process created it between list and create
+                # Created by another process between list and create, or so recently that
+                # the listing did not show it yet: it exists, so its configs are checked too.
+                pass
+        align_configs(admin, [s for s in specs if s.name not in created])
         return created
     finally:
         admin.close()

@@ -5,22 +5,37 @@ Each sink is a loop of checkpoints. One checkpoint:
 1. **Poll** a batch from the sink's own consumer group, until it holds ``batch_rows`` records
    or its oldest record has waited ``batch_seconds`` (about 10,000 rows or 1 s).
 2. **Transform** each record into a row; a record that is not one (undecodable or invalid)
-   yields no row but its offset still belongs to the batch, so it is passed over once.
-3. **Write** the rows to ClickHouse in one insert, with an ``insert_deduplication_token``
-   made from the (topic, partition, first..last offset) ranges the batch covers.
-4. **Only after ClickHouse accepted the insert, commit** per partition the offset after the
-   last one of the batch.
-5. **A failed write aborts the checkpoint without committing.** A retryable failure
-   (ClickHouse down, timeouts, too many parts) pauses consumption, so memory stays one batch,
-   and retries the same batch with the same token after a capped exponential backoff,
-   logging loudly; when the write succeeds, step 4 runs and consumption resumes. A fatal
-   failure (say, an unknown table) raises SinkAborted, still without committing.
+   yields no row but its offset still belongs to the batch, so it is passed over once. A
+   record the transform *rejects* (raises RecordRejected, or fails unexpectedly) becomes a
+   dead letter of the batch instead.
+3. **Write** the rows to ClickHouse with an ``insert_deduplication_token`` made from the
+   topic ids and (topic, partition, first..last offset) ranges the batch covers. The writer
+   may split the batch by the table's partition key (ClickHouse refuses an insert touching
+   too many partitions); each part gets the batch token plus its place, so the parts too
+   are deterministic. When ClickHouse refuses the *rows* (a value it cannot take), the
+   batch is halved and each half written with a token of its own, down to the single rows
+   at fault, which become dead letters: one bad row in 10,000 costs 27 inserts, not the
+   batch. More refused rows than ``refused_rows_limit`` (1%) stop the sink instead.
+4. **Send the batch's dead letters** and wait until the broker acknowledged every one.
+5. **Only after ClickHouse accepted every part and the dead letters are durable, commit**
+   per partition the offset after the last one of the batch.
+6. **A failed write aborts the checkpoint without committing.** A retryable failure
+   (ClickHouse down, timeouts, merges behind) pauses consumption, so memory stays one batch,
+   and retries the same part with the same token after a capped exponential backoff,
+   logging loudly; when the write succeeds, the next part or step 4 runs and consumption
+   resumes. After ``max_attempts`` failures in a row, or at once for a fatal failure (say,
+   an unknown table), it raises SinkAborted naming the partitions, the offsets, the error
+   and what to do, still without committing: the process exits non-zero and is restarted,
+   rather than retrying one batch forever.
 
-Why this gives "exactly once in effect": a crash anywhere before step 4 leaves the offsets
+Why this gives "exactly once in effect": a crash anywhere before step 5 leaves the offsets
 uncommitted, so the next run reads the batch again and writes it again. Writing again is
 harmless: each table is a ReplacingMergeTree whose version makes the rewritten row identical
 to (or older than) the one already there, so no ``FINAL`` result changes; when the batch
 boundaries happen to repeat, the deduplication token even drops the second insert whole.
+The token names each topic's id (Kafka's topic UUID), not only its name: a topic deleted and
+created again restarts its offsets at 0, and a token of names and offsets alone would then
+repeat an old batch's token and have ClickHouse drop new rows as duplicates.
 
 Why kafka-python with ``enable_auto_commit=False`` and not faust, which the aggregator uses:
 faust acknowledges an event when the agent takes it from the stream and commits acknowledged
@@ -29,7 +44,9 @@ has reached ClickHouse; a crash in between would lose them. Here the commit is a
 call placed after the write.
 
 A rebalance revokes the partitions a batch came from: the batch is dropped without commit
-(whoever gets the partitions reads those records again from the last commit).
+(whoever gets the partitions reads those records again from the last commit). Dead letters
+sent in step 4 before a crash are sent again by the replay: at least once, and their headers
+name the source partition and offset, so a reader can drop the repeats.
 """
 
 from __future__ import annotations
@@ -42,31 +59,62 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from queuewatch.clickhouse.exceptions import ClickHouseError
-from queuewatch.sinks.exceptions import SinkAborted
+from queuewatch.clickhouse.exceptions import ClickHouseError, too_many_partitions
+from queuewatch.sinks.exceptions import RecordRejected, SinkAborted
 from queuewatch.sinks.source import Message, RecordSource
 
 log = logging.getLogger(__name__)
 
 Row = Sequence[Any]
-#: Turns a Kafka record into a row, or None to pass it over (its offset is still committed).
+#: Turns a Kafka record into a row, or None to pass it over (its offset is still committed);
+#: raises RecordRejected for a record that must be dead-lettered instead.
 Transform = Callable[[Message], Row | None]
+
+#: Dead-letter code of a row ClickHouse refused on its own (found by halving the batch).
+CLICKHOUSE_REFUSED = "clickhouse_refused"
+#: Dead-letter code of a record whose transform raised something it did not mean to.
+TRANSFORM_FAILED = "transform_failed"
 
 
 class BatchWriter(Protocol):
-    """Writes one batch of rows in one insert; raises ClickHouseError when refused."""
+    """Writes one batch of rows; raises ClickHouseError when refused."""
 
     def write(self, rows: list[Row], dedup_token: str) -> None:
         """Insert ``rows``; an insert repeating ``dedup_token`` may be dropped by ClickHouse."""
         ...
 
 
+class DeadLetters(Protocol):
+    """Where a sink puts the records it cannot write; KafkaDeadLetters is the real one."""
+
+    def send(self, message: Message, code: str, reason: str) -> None:
+        """Queue ``message`` (bytes untouched) with why it could not be written."""
+        ...
+
+    def flush(self) -> None:
+        """Return once every queued letter is durable; raise SinkError if one is not."""
+        ...
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A record of the batch that goes to the dead-letter topic, and why."""
+
+    message: Message
+    code: str
+    reason: str
+
+
 @dataclass
 class Batch:
-    """Rows waiting to be written, and the offset range per partition they cover."""
+    """Rows waiting to be written, the records they came from, and the offsets they cover."""
 
     rows: list[Row] = field(default_factory=list)
+    #: The record each row came from, index for index (to dead-letter a refused row).
+    sources: list[Message] = field(default_factory=list)
+    letters: list[Letter] = field(default_factory=list)
     ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    topic_ids: dict[str, str] = field(default_factory=dict)
     records: int = 0
     started_at: float = 0.0
 
@@ -77,9 +125,16 @@ class Batch:
         self.records += 1
         if row is not None:
             self.rows.append(row)
+            self.sources.append(message)
         key = (message.topic, message.partition)
         first, last = self.ranges.get(key, (message.offset, message.offset))
         self.ranges[key] = (min(first, message.offset), max(last, message.offset))
+        self.topic_ids.setdefault(message.topic, message.topic_id)
+
+    def reject(self, message: Message, code: str, reason: str, now: float) -> None:
+        """Add a record that makes no row but a dead letter."""
+        self.add(message, None, now)
+        self.letters.append(Letter(message, code, reason))
 
     def is_empty(self) -> bool:
         """True when no record was added."""
@@ -95,14 +150,22 @@ class Batch:
         """The offsets to commit: one past the last record of each partition."""
         return {key: last + 1 for key, (_, last) in self.ranges.items()}
 
+    def describe(self) -> str:
+        """The batch's records for a person: ``topic[partition] offsets first-last, ...``."""
+        return ", ".join(
+            f"{topic}[{partition}] offsets {first}-{last}"
+            for (topic, partition), (first, last) in sorted(self.ranges.items())
+        )
+
     def dedup_token(self, table: str) -> str:
         """Deterministic token of the offset ranges: the same ranges give the same token.
 
         A batch covers several partitions, so the token names all of their ranges; it is
-        hashed to stay short whatever the partition count.
+        hashed to stay short whatever the partition count. Each topic is named with its id
+        too, so the same offsets of a re-created topic give another token.
         """
         spans = ";".join(
-            f"{topic}:{partition}:{first}-{last}"
+            f"{topic}@{self.topic_ids.get(topic, '')}:{partition}:{first}-{last}"
             for (topic, partition), (first, last) in sorted(self.ranges.items())
         )
         digest = hashlib.sha256(f"{table}|{spans}".encode()).hexdigest()[:32]
@@ -130,6 +193,39 @@ class SinkStats:
     skipped: int = 0
     batches: int = 0
     failed_writes: int = 0
+    dead_letters: int = 0
+
+
+class _RowsRefused(Exception):
+    """Internal: ClickHouse refused these rows for what they hold (halve and try again)."""
+
+    def __init__(self, error: ClickHouseError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def advice(error: ClickHouseError) -> str:
+    """What a person should do about ``error`` before restarting the sink."""
+    if too_many_partitions(error.code, str(error)):
+        return (
+            "lower QUEUEWATCH_SINK_MAX_PARTITIONS_PER_INSERT to the server's "
+            "max_partitions_per_insert_block"
+        )
+    if error.retryable:
+        return (
+            "check that ClickHouse is up and has room (its log says why it fails); raise "
+            "QUEUEWATCH_SINK_WRITE_MAX_ATTEMPTS to let the sink wait longer"
+        )
+    return "fix the table or the settings the error names (`queuewatch migrate` applies the schema)"
+
+
+def refused_rows_limit(rows: int) -> int:
+    """Most rows of a batch that may be dead-lettered as refused before the sink stops.
+
+    1% of the batch, at least 10: a few odd values are data; more is a table that no longer
+    fits the rows (a changed column type), where every row would be dead-lettered.
+    """
+    return max(10, rows // 100)
 
 
 class Checkpointer:
@@ -146,6 +242,8 @@ class Checkpointer:
         batch_seconds: float = 1.0,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_attempts: int = 60,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
         self.name = name
         self.source = source
@@ -156,6 +254,8 @@ class Checkpointer:
         self.batch_seconds = batch_seconds
         self.backoff = backoff or Backoff()
         self.clock = clock
+        self.max_attempts = max(1, max_attempts)
+        self.dead_letters = dead_letters
         self.stats = SinkStats()
         self._batch = Batch()
         self._generation = 0  # bumped when a rebalance drops the batch
@@ -181,34 +281,50 @@ class Checkpointer:
         self.source.close()
 
     def step(self, stop: threading.Event) -> None:
-        """Steps 1-2 for one poll, then steps 3-5 when the batch is due."""
+        """Steps 1-2 for one poll, then steps 3-6 when the batch is due."""
         now = self.clock()
         wait = self.batch_seconds
         if not self._batch.is_empty():
             wait = max(0.0, self._batch.started_at + self.batch_seconds - now)
         room = self.batch_rows - self._batch.records
         for message in self.source.poll(min(wait, 0.5), room):
-            row = self._transform(message)
-            self._batch.add(message, row, self.clock())
+            self._transform(message)
         if self._batch.is_due(self.clock(), self.batch_rows, self.batch_seconds):
             self.flush(stop)
 
-    def _transform(self, message: Message) -> Row | None:
+    def _transform(self, message: Message) -> None:
         self.stats.records += 1
-        row = self.transform(message)
+        try:
+            row = self.transform(message)
+        except RecordRejected as exc:  # step 2: the transform's own verdict
+            self._batch.reject(message, exc.code, exc.reason, self.clock())
+            return
+        except Exception as exc:  # a bug must not stop the projection on one record
+            log.exception(
+                "%s: transform failed on %s[%d]@%d; dead-lettering it",
+                self.name,
+                message.topic,
+                message.partition,
+                message.offset,
+            )
+            reason = f"{type(exc).__name__}: {exc}"
+            self._batch.reject(message, TRANSFORM_FAILED, reason, self.clock())
+            return
         if row is None:
             self.stats.skipped += 1
-        return row
+        self._batch.add(message, row, self.clock())
 
     def flush(self, stop: threading.Event) -> bool:
-        """Steps 3-5: write the batch, then commit its offsets; False when aborted."""
+        """Steps 3-5: write the batch, dead-letter, then commit its offsets; False if aborted."""
         batch, generation = self._batch, self._generation
-        if batch.rows and not self._write_until_accepted(batch, generation, stop):
-            return False  # step 5: aborted without commit
+        if batch.rows and not self._write_batch(batch, generation, stop):
+            return False  # step 6: aborted without commit
         if generation != self._generation:
             return False  # revoked during the write: the new owner replays these offsets
+        if batch.letters:
+            self._send_letters(batch)  # step 4
         try:
-            self.source.commit(batch.next_offsets())  # step 4
+            self.source.commit(batch.next_offsets())  # step 5
         except Exception as exc:  # a rebalance between write and commit: rows are in, and a
             # replay rewrites the same versions, so this costs only a re-read
             log.warning(
@@ -218,37 +334,131 @@ class Checkpointer:
                 exc,
             )
         self.stats.batches += 1
-        self.stats.rows_written += len(batch.rows)
+        self.stats.rows_written += len(batch.rows) - sum(
+            1 for letter in batch.letters if letter.code == CLICKHOUSE_REFUSED
+        )
         self._batch = Batch()
         return True
 
-    def _write_until_accepted(self, batch: Batch, generation: int, stop: threading.Event) -> bool:
+    def _write_batch(self, batch: Batch, generation: int, stop: threading.Event) -> bool:
+        """Step 3, halving the batch around rows ClickHouse refuses; False if abandoned."""
         token = batch.dedup_token(self.table)
+        pending = [(0, len(batch.rows), token)]
+        while pending:
+            start, end, part_token = pending.pop()
+            try:
+                if not self._write_until_accepted(
+                    batch, batch.rows[start:end], part_token, generation, stop
+                ):
+                    return False
+            except _RowsRefused as refused:
+                if end - start > 1:
+                    mid = (start + end) // 2
+                    whole = end - start == len(batch.rows)
+                    log.log(
+                        logging.WARNING if whole else logging.DEBUG,
+                        "%s: ClickHouse refused %d rows of %s (%s); halving to find the rows "
+                        "at fault",
+                        self.name,
+                        end - start,
+                        batch.describe(),
+                        refused.error,
+                    )
+                    # Tokens of the halves derive from the batch's: a replay halves the same
+                    # way, so a half written before a crash is dropped as a repeat.
+                    pending.append((mid, end, f"{token}:{mid}-{end}"))
+                    pending.append((start, mid, f"{token}:{start}-{mid}"))
+                    continue
+                self._refused_row(batch, batch.sources[start], refused.error)
+        return True
+
+    def _refused_row(self, batch: Batch, message: Message, error: ClickHouseError) -> None:
+        where = f"{message.topic}[{message.partition}]@{message.offset}"
+        refused = 1 + sum(1 for letter in batch.letters if letter.code == CLICKHOUSE_REFUSED)
+        if refused > refused_rows_limit(len(batch.rows)):
+            # So many bad rows say the table changed, not the data: dead-lettering a whole
+            # topic because of a migration would be worse than stopping.
+            raise SinkAborted(
+                f"{self.name}: ClickHouse refuses {refused} of the {len(batch.rows)} rows of "
+                f"{batch.describe()} ({error}), more than bad data explains; no offset was "
+                "committed. Check that the table matches the schema (`queuewatch migrate`), "
+                "then restart the sink"
+            )
+        if self.dead_letters is None:
+            raise SinkAborted(
+                f"{self.name}: ClickHouse refuses the row of {where} ({error}) and this sink "
+                f"has no dead-letter topic; no offset of {batch.describe()} was committed. "
+                "Fix the row's producer or the table, then restart the sink"
+            )
+        log.error(
+            "%s: ClickHouse refuses the row of %s (%s); dead-lettering it", self.name, where, error
+        )
+        batch.letters.append(Letter(message, CLICKHOUSE_REFUSED, str(error)))
+
+    def _send_letters(self, batch: Batch) -> None:
+        if self.dead_letters is None:
+            first = batch.letters[0]
+            raise SinkAborted(
+                f"{self.name}: {len(batch.letters)} records of {batch.describe()} cannot be "
+                f"written (first: {first.message.topic}[{first.message.partition}]@"
+                f"{first.message.offset}, {first.code}: {first.reason}) and this sink has no "
+                "dead-letter topic; nothing was committed. Fix them upstream, then restart"
+            )
+        for letter in batch.letters:
+            self.dead_letters.send(letter.message, letter.code, letter.reason)
+        self.dead_letters.flush()
+        self.stats.dead_letters += len(batch.letters)
+        log.warning(
+            "%s: %d records of %s dead-lettered (%s)",
+            self.name,
+            len(batch.letters),
+            batch.describe(),
+            ", ".join(sorted({letter.code for letter in batch.letters})),
+        )
+
+    def _write_until_accepted(
+        self,
+        batch: Batch,
+        rows: list[Row],
+        token: str,
+        generation: int,
+        stop: threading.Event,
+    ) -> bool:
         attempt = 0
         failing_since = 0.0
         try:
             while True:
                 try:
-                    self.writer.write(batch.rows, token)  # step 3
+                    self.writer.write(rows, token)  # step 3
                 except ClickHouseError as exc:
                     self.stats.failed_writes += 1
+                    if exc.refused_rows:
+                        raise _RowsRefused(exc) from exc
                     if not exc.retryable:
                         raise SinkAborted(
-                            f"{self.name}: ClickHouse refused a batch of {len(batch.rows)} rows "
-                            f"for good ({exc}); no offset was committed, so fix the cause and "
-                            "restart the sink to resume where it stopped"
+                            f"{self.name}: ClickHouse refused a write of {len(rows)} rows for "
+                            f"good ({exc}); no offset of {batch.describe()} was committed, so "
+                            f"{advice(exc)}, then restart the sink to resume where it stopped"
                         ) from exc
                     attempt += 1
                     if attempt == 1:
                         failing_since = self.clock()
                         self.source.pause()
+                    if attempt >= self.max_attempts:
+                        raise SinkAborted(
+                            f"{self.name}: ClickHouse failed {attempt} writes in a row over "
+                            f"{self.clock() - failing_since:.0f} s (last: {exc}); no offset of "
+                            f"{batch.describe()} was committed, so {advice(exc)}; the sink "
+                            "stops so that its supervisor restarts it from those offsets"
+                        ) from exc
                     delay = self.backoff.delay(attempt)
                     log.error(
-                        "%s: ClickHouse write failed (attempt %d, failing for %.0f s): %s; "
-                        "consumption paused, %d rows held, offsets not committed; retrying "
-                        "in %.1f s",
+                        "%s: ClickHouse write failed (attempt %d of %d, failing for %.0f s): "
+                        "%s; consumption paused, %d rows held, offsets not committed; "
+                        "retrying in %.1f s",
                         self.name,
                         attempt,
+                        self.max_attempts,
                         self.clock() - failing_since,
                         exc,
                         len(batch.rows),

@@ -18,6 +18,8 @@ from queuewatch.sinks.source import Message
 log = logging.getLogger(__name__)
 
 TABLE = "queue_reports"
+#: The table is ``PARTITION BY toYYYYMM(observed_at)`` (0001_queue_reports.sql).
+PARTITION_COLUMN = "observed_at"
 
 #: Inserted columns, in row order; ingested_at and arrival_version are filled by ClickHouse.
 COLUMNS: tuple[str, ...] = (

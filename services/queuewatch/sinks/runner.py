@@ -19,16 +19,25 @@ from types import FrameType
 from typing import Any, Literal
 
 from queuewatch.clickhouse import ownership
-from queuewatch.clickhouse.client import chdb_folder, connect, is_embedded, redact
+from queuewatch.clickhouse.client import (
+    ENGINE_LOCK,
+    chdb_folder,
+    clickhouse_errors,
+    connect,
+    is_embedded,
+    redact,
+)
 from queuewatch.clickhouse.migrations import migrate
 from queuewatch.clickhouse.query import readonly_client
 from queuewatch.clickhouse.query_server import QueryServer
+from queuewatch.errors import ConfigurationError
 from queuewatch.settings import CommonSettings, SinkSettings
 from queuewatch.sinks import raw, windows
-from queuewatch.sinks.checkpoint import Backoff, BatchWriter, Checkpointer, Transform
+from queuewatch.sinks.checkpoint import Backoff, BatchWriter, Checkpointer, DeadLetters, Transform
+from queuewatch.sinks.dead_letters import KafkaDeadLetters
 from queuewatch.sinks.exceptions import SinkError
-from queuewatch.sinks.source import KafkaSource
-from queuewatch.sinks.writer import ClickHouseWriter
+from queuewatch.sinks.source import KafkaSource, skip_expired
+from queuewatch.sinks.writer import ClickHouseWriter, monthly
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +56,13 @@ class SinkSpec:
     table: str
     columns: tuple[str, ...]
     transform: Transform
+    #: The column of the table's ``PARTITION BY toYYYYMM(...)`` (checked at start-up).
+    partition_column: str
+    #: Most table partitions one insert may touch (ClickHouse's max_partitions_per_insert_block).
+    max_partitions: int = 100
 
 
-def sink_spec(kind: SinkKind, common: CommonSettings) -> SinkSpec:
+def sink_spec(kind: SinkKind, common: CommonSettings, max_partitions: int = 100) -> SinkSpec:
     """The spec of the raw or the window sink under these settings."""
     db = common.clickhouse_database
     if kind == "raw":
@@ -60,6 +73,8 @@ def sink_spec(kind: SinkKind, common: CommonSettings) -> SinkSpec:
             f"{db}.{raw.TABLE}",
             raw.COLUMNS,
             raw.ReportTransform(),
+            raw.PARTITION_COLUMN,
+            max_partitions,
         )
     transform = windows.WindowTransform()
     return SinkSpec(
@@ -69,6 +84,8 @@ def sink_spec(kind: SinkKind, common: CommonSettings) -> SinkSpec:
         f"{db}.{windows.TABLE}",
         transform.columns,
         transform,
+        windows.PARTITION_COLUMN,
+        max_partitions,
     )
 
 
@@ -77,6 +94,7 @@ def build_checkpointer(
     common: CommonSettings,
     settings: SinkSettings,
     writer: BatchWriter,
+    dead_letters: DeadLetters | None = None,
 ) -> Checkpointer:
     """A Checkpointer reading the spec's topic in its own group and writing with ``writer``."""
     holder: list[Checkpointer] = []
@@ -97,6 +115,8 @@ def build_checkpointer(
         batch_rows=settings.sink_batch_rows,
         batch_seconds=settings.sink_batch_seconds,
         backoff=Backoff(settings.sink_retry_initial_s, settings.sink_retry_max_s),
+        max_attempts=settings.sink_write_max_attempts,
+        dead_letters=dead_letters,
     )
     holder.append(checkpointer)
     return checkpointer
@@ -106,8 +126,38 @@ WriterFactory = Callable[[Any, SinkSpec], BatchWriter]
 
 
 def default_writer(client: Any, spec: SinkSpec) -> BatchWriter:
-    """The real writer: one insert per batch into the spec's table."""
-    return ClickHouseWriter(client, spec.table, spec.columns)
+    """The real writer: inserts into the spec's table, split by its monthly partitions."""
+    return ClickHouseWriter(
+        client,
+        spec.table,
+        spec.columns,
+        monthly(spec.columns, spec.partition_column),
+        spec.max_partitions,
+    )
+
+
+def check_partitioning(client: Any, spec: SinkSpec) -> None:
+    """Refuse to start when the table is not partitioned the way the writer splits inserts.
+
+    The writer computes each row's partition in Python to keep an insert under ClickHouse's
+    partition limit; if the table's PARTITION BY changed, those parts would be wrong and a
+    backfill refused again, so say so now rather than at the first large batch.
+    """
+    database, table = spec.table.split(".", 1)
+    with ENGINE_LOCK, clickhouse_errors(f"reading the partition key of {spec.table}"):
+        found = client.query(
+            "SELECT partition_key FROM system.tables WHERE database = {d:String} "
+            "AND name = {t:String}",
+            parameters={"d": database, "t": table},
+        ).result_rows
+    want = f"toYYYYMM({spec.partition_column})"
+    got = found[0][0] if found else None
+    if got != want:
+        raise ConfigurationError(
+            f"{spec.table} is partitioned by {got!r} but the {spec.kind} sink splits inserts "
+            f"by {want!r}; change PARTITION_COLUMN in queuewatch/sinks/{spec.kind}.py to match "
+            "the migration, or the migration back"
+        )
 
 
 def run_sinks(
@@ -121,6 +171,10 @@ def run_sinks(
     common = common or CommonSettings()
     settings = settings or SinkSettings()
     stop = stop or threading.Event()
+    # Before anything answers: once `queuewatch query` works, a supervisor may stop this
+    # process at any moment, and SIGTERM must then mean "flush and exit 0", not death by
+    # the default handler (a stop right after start-up used to end with -15).
+    _install_signal_handlers(stop)
     if common.log_level.upper() != "DEBUG":
         # kafka-python logs every connection at INFO; our own lines are what an operator needs.
         logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -133,6 +187,7 @@ def run_sinks(
         else None
     )
     clients: list[Any] = []
+    producers: list[KafkaDeadLetters] = []
     server: QueryServer | None = None
     threads: list[threading.Thread] = []
     failures: list[BaseException] = []
@@ -148,11 +203,15 @@ def run_sinks(
         )
         checkpointers = []
         for kind in kinds:
-            spec = sink_spec(kind, common)
+            spec = sink_spec(kind, common, settings.sink_max_partitions_per_insert)
+            check_partitioning(admin, spec)
+            _report_expired(common.kafka_bootstrap, spec)
             client = connect(url)
             clients.append(client)
+            letters = KafkaDeadLetters(common.kafka_bootstrap, common.dlq_topic, f"{kind}-sink")
+            producers.append(letters)
             checkpointers.append(
-                build_checkpointer(spec, common, settings, writer_factory(client, spec))
+                build_checkpointer(spec, common, settings, writer_factory(client, spec), letters)
             )
         if embedded:
             query_client = readonly_client(url, common.clickhouse_database)
@@ -160,7 +219,6 @@ def run_sinks(
             server = QueryServer(common.query_address, query_client)
             server.start()
             log.info("answering `queuewatch query` on %s", common.query_address)
-        _install_signal_handlers(stop)
         for cp in checkpointers:
             thread = threading.Thread(
                 target=_run_one, args=(cp, stop, failures), name=cp.name, daemon=True
@@ -174,6 +232,11 @@ def run_sinks(
             thread.join()
         if server is not None:
             server.stop()
+        for producer in producers:
+            try:
+                producer.close()
+            except Exception:  # every letter was flushed before its commit already
+                log.debug("closing a dead-letter producer failed", exc_info=True)
         for client in clients:
             try:
                 client.close()
@@ -183,6 +246,24 @@ def run_sinks(
             lock.release()
     if failures:
         raise SinkError(str(failures[0])) from failures[0]
+
+
+def _report_expired(bootstrap: str, spec: SinkSpec) -> None:
+    """Commit past records retention deleted before this sink read them, and say so loudly."""
+    gaps = skip_expired(bootstrap, spec.group, spec.topic)  # and commits past them
+    if not gaps:
+        return
+    where = ", ".join(f"partition {p}: {n}" for p, n in sorted(gaps.items()))
+    log.error(
+        "%s sink: %d records of %s expired unread while the sink was down (%s), past the "
+        "topic's retention; the sink goes on from the oldest kept record. Windows whose last "
+        "update was among them are stale: rebuild them from the log with a new aggregator "
+        "group (docs/reliability.md, 'Short window retention')",
+        spec.kind,
+        sum(gaps.values()),
+        spec.topic,
+        where,
+    )
 
 
 def _run_one(cp: Checkpointer, stop: threading.Event, failures: list[BaseException]) -> None:

@@ -25,6 +25,11 @@ class Message:
     offset: int
     timestamp: int  # ms, the record's log timestamp
     value: bytes | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    #: The topic's id (Kafka's topic UUID, KIP-516): it changes when a topic is deleted and
+    #: created again under the same name, when offsets start again at 0. Empty if unknown.
+    topic_id: str = ""
 
 
 class RecordSource(Protocol):
@@ -55,6 +60,68 @@ class RecordSource(Protocol):
         ...
 
 
+#: The id Kafka reports for a topic it has no id for (KIP-516's "zero UUID").
+_NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def topic_id(bootstrap: str, topic: str, client_id: str = "queuewatch-sink") -> str:
+    """Kafka's UUID of ``topic`` as text, or "" when the broker gives none (before 2.8).
+
+    A topic deleted and created again under the same name gets a new id while its offsets
+    start again at 0: the id is what tells its records from the old ones.
+    """
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{client_id}-admin")
+    try:
+        for described in admin.describe_topics([topic]):
+            if described.get("name") == topic:
+                found = str(described.get("topic_id") or "")
+                return "" if found == _NO_TOPIC_ID else found
+        return ""
+    finally:
+        admin.close()
+
+
+def skip_expired(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """Move ``group`` past records the broker deleted before it read them; return the counts.
+
+    A group whose committed offset is older than a partition's first kept record (retention
+    deleted them while its sink was down) resumes at that first record, and the ones between
+    are gone without a word; if nothing was kept after them, its commit never moves again and
+    the lag it shows stays up for good. So, before the sink joins its group, this counts them
+    per partition and commits each such partition's first kept offset: the records are gone,
+    and saying so once is better than waiting for them. The caller reports the counts.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        firsts = consumer.beginning_offsets(tps)
+        gaps: dict[int, int] = {}
+        for tp in tps:
+            committed = consumer.committed(tp)
+            if committed is not None and committed < firsts[tp]:
+                gaps[tp.partition] = firsts[tp] - committed
+        if gaps:
+            try:
+                consumer.commit(
+                    {
+                        TopicPartition(topic, p): OffsetAndMetadata(
+                            firsts[TopicPartition(topic, p)], "", -1
+                        )
+                        for p in gaps
+                    }
+                )
+            except Exception as exc:  # another member is active: it reads on from the start
+                log.warning("%s: could not commit past the expired records (%s)", group, exc)
+        return gaps
+    finally:
+        consumer.close(autocommit=False)
+
+
 class KafkaSource:
     """A kafka-python consumer in its own group, committing only what it is told to."""
 
@@ -71,6 +138,9 @@ class KafkaSource:
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
         self._topic = topic
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._topic_id = ""
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group,
@@ -87,6 +157,7 @@ class KafkaSource:
             heartbeat_interval_ms=max(500, int(session_timeout_s * 1000 / 3)),
         )
         revoke = on_revoke
+        source = self
 
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
@@ -94,7 +165,27 @@ class KafkaSource:
                     revoke()
 
             def on_partitions_assigned(self, assigned: Any) -> None:
-                log.info("%s: assigned %d partitions of %s", group, len(assigned), topic)
+                # Every assignment follows a rebalance, and deleting or re-creating a
+                # subscribed topic causes one: so the id read here is the incarnation
+                # that the records polled until the next assignment come from.
+                try:
+                    source._topic_id = topic_id(bootstrap, topic, client_id)
+                except Exception as exc:  # a failing callback would break the group join
+                    source._topic_id = ""
+                    log.warning(
+                        "%s: could not read the id of %s (%s); deduplication tokens name the "
+                        "topic only until the next assignment",
+                        group,
+                        topic,
+                        exc,
+                    )
+                log.info(
+                    "%s: assigned %d partitions of %s (topic id %s)",
+                    group,
+                    len(assigned),
+                    topic,
+                    source._topic_id or "unknown",
+                )
 
         self._consumer.subscribe([topic], listener=Listener())
 
@@ -104,9 +195,20 @@ class KafkaSource:
             timeout_ms=max(0, int(timeout_s * 1000)), max_records=max(1, max_records)
         )
         out: list[Message] = []
+        topic_id = self._topic_id
         for records in batches.values():
             out.extend(
-                Message(r.topic, r.partition, r.offset, r.timestamp, r.value) for r in records
+                Message(
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    r.timestamp,
+                    r.value,
+                    r.key,
+                    tuple((k, v or b"") for k, v in r.headers or ()),
+                    topic_id,
+                )
+                for r in records
             )
         return out
 

@@ -1,7 +1,9 @@
 """The window sink: ``crossing-windows`` -> ``crossing_windows``, one row per version.
 
-The aggregator writes these records, so a record that does not decode is a bug upstream:
-it is logged as an error and passed over rather than stopping the projection.
+The aggregator writes these records, so a record that does not decode is a bug upstream or
+a newer schema than this sink knows (an aggregator upgraded first). Passing it over would
+lose a window update nothing re-emits; stopping would stop every other window too. So it
+becomes a dead letter, bytes kept, with the decoder's reason: upgrade the sink and replay it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from typing import Any
 
 from queuewatch.contract.codec import DecodeError, decode
 from queuewatch.contract.schemas import CROSSING_WINDOW, SchemaVersion, default_registry
+from queuewatch.sinks.exceptions import RecordRejected
 from queuewatch.sinks.source import Message
 
 log = logging.getLogger(__name__)
 
 TABLE = "crossing_windows"
+#: The table is ``PARTITION BY toYYYYMM(window_start)`` (0002_crossing_windows.sql).
+PARTITION_COLUMN = "window_start"
 
 
 def window_columns(schema: SchemaVersion | None = None) -> tuple[str, ...]:
@@ -32,18 +37,18 @@ class WindowTransform:
         self.columns = window_columns(self.reader)
 
     def __call__(self, message: Message) -> list[Any] | None:
-        """The row, or None for a record that does not decode."""
+        """The row; None for an empty record; RecordRejected for one that does not decode."""
         if message.value is None:
             return None
         try:
             record = decode(message.value, self.reader)
         except DecodeError as exc:
             log.error(
-                "crossing-windows record %s[%d]@%d does not decode (%s); passed over",
+                "crossing-windows record %s[%d]@%d does not decode (%s); dead-lettering it",
                 message.topic,
                 message.partition,
                 message.offset,
                 exc,
             )
-            return None
+            raise RecordRejected(exc.code, str(exc)) from exc
         return [record[name] for name in self.columns]

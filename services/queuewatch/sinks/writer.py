@@ -1,34 +1,110 @@
-"""The ClickHouse side of a sink: one insert per batch, with a deduplication token."""
+"""The ClickHouse side of a sink: inserts with deduplication tokens, split by partition.
+
+ClickHouse refuses an insert whose rows fall into more than ``max_partitions_per_insert_block``
+partitions of the table (error 252, 100 by default). Every table here is partitioned by
+month, and a backfill of history easily spans more than 100 months: one such batch would be
+refused on every retry. So the writer groups a batch's rows by the table's partition key and
+sends at most ``max_partitions`` partitions per insert. Splitting is deterministic (the same
+rows give the same parts and tokens), which keeps a replay after a crash idempotent.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors
 
 log = logging.getLogger(__name__)
 
+#: The partition a row falls in, as the table's PARTITION BY computes it.
+PartitionKey = Callable[[Sequence[Any]], int]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def yyyymm(ms: int) -> int:
+    """ClickHouse's ``toYYYYMM`` of a UTC millisecond time, e.g. 202209."""
+    when = _EPOCH + timedelta(milliseconds=ms)
+    return when.year * 100 + when.month
+
+
+def monthly(columns: Sequence[str], column: str) -> PartitionKey:
+    """The key of a table ``PARTITION BY toYYYYMM(column)``, for rows in ``columns`` order."""
+    index = list(columns).index(column)
+
+    def key(row: Sequence[Any]) -> int:
+        return yyyymm(int(row[index]))
+
+    return key
+
+
+def split_by_partition(
+    rows: Sequence[Sequence[Any]], key: PartitionKey, max_partitions: int
+) -> list[list[Sequence[Any]]]:
+    """Rows grouped into parts of at most ``max_partitions`` partitions each.
+
+    One part (the rows as they are) when they fit; otherwise partitions in ascending order,
+    so the same rows always give the same parts. Rows keep their order within a partition.
+    """
+    by_partition: dict[int, list[Sequence[Any]]] = {}
+    for row in rows:
+        by_partition.setdefault(key(row), []).append(row)
+    if len(by_partition) <= max_partitions:
+        return [list(rows)]
+    ordered = sorted(by_partition)
+    return [
+        [row for p in ordered[i : i + max_partitions] for row in by_partition[p]]
+        for i in range(0, len(ordered), max_partitions)
+    ]
+
 
 class ClickHouseWriter:
     """Inserts batches into one table with a client that only this writer uses."""
 
-    def __init__(self, client: Any, table: str, columns: Sequence[str]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        columns: Sequence[str],
+        partition_key: PartitionKey | None = None,
+        max_partitions: int = 100,
+    ) -> None:
         self.client = client
         self.table = table
         self.columns = list(columns)
+        self.partition_key = partition_key
+        self.max_partitions = max(1, max_partitions)
 
     def write(self, rows: Sequence[Sequence[Any]], dedup_token: str) -> None:
-        """One insert; ClickHouse drops a repeat of ``dedup_token`` within its window.
+        """Insert ``rows``, in parts of at most ``max_partitions`` table partitions.
 
-        The token needs ``non_replicated_deduplication_window`` on a plain MergeTree (set
-        by the migrations) and is honoured by chdb and servers alike.
+        A batch that fits keeps ``dedup_token`` as it is; parts get ``token/part-i-of-n``.
+        ClickHouse drops a repeat of a token within its window, so parts written before a
+        failure are not written twice when the whole batch is retried. The token needs
+        ``non_replicated_deduplication_window`` on a plain MergeTree (set by the migrations)
+        and is honoured by chdb and servers alike.
         """
-        with ENGINE_LOCK, clickhouse_errors(f"inserting {len(rows)} rows into {self.table}"):
-            self.client.insert(
+        if self.partition_key is None:
+            parts = [list(rows)]
+        else:
+            parts = split_by_partition(rows, self.partition_key, self.max_partitions)
+        if len(parts) > 1:
+            log.info(
+                "%s: %d rows span more than %d partitions; writing them in %d inserts",
                 self.table,
-                rows,
-                column_names=self.columns,
-                settings={"insert_deduplication_token": dedup_token},
+                len(rows),
+                self.max_partitions,
+                len(parts),
             )
+        for i, part in enumerate(parts, 1):
+            token = dedup_token if len(parts) == 1 else f"{dedup_token}/part-{i}-of-{len(parts)}"
+            with ENGINE_LOCK, clickhouse_errors(f"inserting {len(part)} rows into {self.table}"):
+                self.client.insert(
+                    self.table,
+                    part,
+                    column_names=self.columns,
+                    settings={"insert_deduplication_token": token},
+                )
