@@ -15,3 +15,7 @@ class SinkAborted(SinkError):
     Nothing was committed for the batch, so fixing the cause and restarting the sink
     resumes exactly where it stopped.
     """
+
+
+class SinkKafkaError(SinkError):
+    """The sink's consumer cannot reach Kafka, or Kafka refused its login."""

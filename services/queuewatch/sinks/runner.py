@@ -27,6 +27,7 @@ from queuewatch.settings import CommonSettings, SinkSettings
 from queuewatch.sinks import raw, windows
 from queuewatch.sinks.checkpoint import Backoff, BatchWriter, Checkpointer, Transform
 from queuewatch.sinks.exceptions import SinkError
+from queuewatch.kafka.security import KafkaSecurity
 from queuewatch.sinks.source import KafkaSource
 from queuewatch.sinks.writer import ClickHouseWriter
 
@@ -87,6 +88,7 @@ def build_checkpointer(
         on_revoke=lambda: holder[0].revoke() if holder else None,
         client_id=f"queuewatch-{spec.kind}-sink",
         session_timeout_s=settings.sink_session_timeout_s,
+        security=KafkaSecurity.from_settings(common),
     )
     checkpointer = Checkpointer(
         name=f"{spec.kind}-sink",

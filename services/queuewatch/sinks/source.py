@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from queuewatch.kafka.security import KafkaSecurity, RefusalLog, describe_failure
+from queuewatch.sinks.exceptions import SinkKafkaError
+
 log = logging.getLogger(__name__)
 
 
@@ -66,12 +69,45 @@ class KafkaSource:
         on_revoke: Callable[[], None] | None = None,
         client_id: str = "queuewatch-sink",
         session_timeout_s: float = 10.0,
+        security: KafkaSecurity | None = None,
     ) -> None:
         from kafka import KafkaConsumer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
+        from kafka.errors import KafkaError
 
         self._topic = topic
-        self._consumer = KafkaConsumer(
+        security = security or KafkaSecurity()
+        with RefusalLog() as refusals:
+            try:
+                self._consumer = self._connect(
+                    KafkaConsumer, bootstrap, group, client_id, session_timeout_s, security
+                )
+            except KafkaError as exc:
+                raise SinkKafkaError(
+                    describe_failure(bootstrap, security, exc, refusals)
+                ) from exc
+        revoke = on_revoke
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                if revoke is not None and revoked:
+                    revoke()
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                log.info("%s: assigned %d partitions of %s", group, len(assigned), topic)
+
+        self._consumer.subscribe([topic], listener=Listener())
+
+    @staticmethod
+    def _connect(
+        consumer_class: Any,
+        bootstrap: str,
+        group: str,
+        client_id: str,
+        session_timeout_s: float,
+        security: KafkaSecurity,
+    ) -> Any:
+        return consumer_class(
             bootstrap_servers=bootstrap,
             group_id=group,
             client_id=client_id,
@@ -85,18 +121,8 @@ class KafkaSource:
             max_poll_interval_ms=300_000,
             session_timeout_ms=int(session_timeout_s * 1000),
             heartbeat_interval_ms=max(500, int(session_timeout_s * 1000 / 3)),
+            **security.kafka_python(),
         )
-        revoke = on_revoke
-
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                if revoke is not None and revoked:
-                    revoke()
-
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                log.info("%s: assigned %d partitions of %s", group, len(assigned), topic)
-
-        self._consumer.subscribe([topic], listener=Listener())
 
     def poll(self, timeout_s: float, max_records: int) -> list[Message]:
         """Next records, oldest first per partition."""
