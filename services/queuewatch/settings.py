@@ -242,6 +242,12 @@ class ProducerSettings(BaseSettings):
         description="How long a report may take to be acknowledged (retries included) before "
         "the producer raises instead of waiting forever.",
     )
+    publish_max_line_bytes: int = Field(
+        65_536,
+        ge=1024,
+        description="Longest line `queuewatch publish` reads (bytes): a report is under 2 KiB; "
+        "a longer line is rejected by its number, unparsed, and the run goes on.",
+    )
     producer_max_block_s: float = Field(
         60.0,
         description="How long a publish waits for the broker's metadata or buffer space: "
