@@ -57,9 +57,7 @@ def secure_kafka(
     root = tmp_path_factory.mktemp("sasl-ssl")
     certs = make_broker_certificates(root / "tls")
     password = uuid.uuid4().hex
-    security = BrokerSecurity(
-        keystore=certs.keystore, truststore=certs.ca, users={USER: password}
-    )
+    security = BrokerSecurity(keystore=certs.keystore, truststore=certs.ca, users={USER: password})
     password_file = root / "kafka-password"
     password_file.write_text(password + "\n")  # as a Docker secret would hold it
     password_file.chmod(0o600)
@@ -105,7 +103,9 @@ def environ(kafka: SecureKafka, home: Path, suffix: str, **extra: str) -> dict[s
     return env
 
 
-def cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "queuewatch", *args],
         env=env,
@@ -153,7 +153,9 @@ class Pipeline:
 
 
 @pytest.fixture(scope="module")
-def pipeline(secure_kafka: SecureKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+def pipeline(
+    secure_kafka: SecureKafka, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
     """topics, publish, aggregator and sink all, every one through SASL_SSL."""
     home = tmp_path_factory.mktemp("sasl-home")
     env = environ(secure_kafka, home, uuid.uuid4().hex[:10])

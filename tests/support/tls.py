@@ -79,7 +79,9 @@ def make_broker_certificates(folder: Path, host: str = "127.0.0.1") -> BrokerCer
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         # The broker is a TLS server to clients and a TLS client of its own controller.
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(

@@ -127,7 +127,9 @@ def test_every_profile_limits_time_and_memory(root: ElementTree.Element, name: s
 
 
 @pytest.mark.parametrize("name", ["migrator", "writer"])
-def test_a_writing_profile_cannot_raise_its_own_limits(root: ElementTree.Element, name: str) -> None:
+def test_a_writing_profile_cannot_raise_its_own_limits(
+    root: ElementTree.Element, name: str
+) -> None:
     profile = root.find(f"profiles/{_user(root, name).findtext('profile')}")
     assert profile is not None
     settings = _profile_settings(root, _user(root, name))

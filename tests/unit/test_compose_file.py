@@ -423,7 +423,9 @@ def test_env_example_holds_placeholders_not_secrets() -> None:
 def test_no_password_is_written_into_the_compose_file() -> None:
     raw = COMPOSE_FILE.read_text()
     # No URL carries a password at all any more, literal or interpolated: they come from files.
-    assert not re.findall(r"://[^/\s:@]+:([^@\s]+)@", raw), "a URL in the compose file has a password"
+    assert not re.findall(r"://[^/\s:@]+:([^@\s]+)@", raw), (
+        "a URL in the compose file has a password"
+    )
     for key, value in re.findall(r"^\s*([A-Z0-9_]*PASSWORD[A-Z0-9_]*):\s*(\S.*)$", raw, re.M):
         if key.endswith("_FILE"):
             assert value.startswith("/run/secrets/"), f"{key} is not a Docker secret: {value}"

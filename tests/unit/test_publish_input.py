@@ -100,7 +100,7 @@ def test_multibyte_text_is_measured_in_bytes() -> None:
 def test_json_nested_past_the_parser_is_an_invalid_line_not_a_recursion_error() -> None:
     deep = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError on this
     text = "\n".join([deep, valid_line("after")]) + "\n"
-    sink, invalid, summary = run(text, max_bytes=1_000_000)
+    sink, invalid, _summary = run(text, max_bytes=1_000_000)
     assert list(invalid) == [1]
     assert f"nested more than {MAX_JSON_DEPTH} levels deep" in invalid[1][0]
     assert [r["event_id"] for r in sink.published] == ["after"]
@@ -110,7 +110,7 @@ def test_json_nested_deeper_than_a_report_but_parseable_is_rejected_too() -> Non
     nested: Any = {}
     for _ in range(MAX_JSON_DEPTH):
         nested = {"n": nested}
-    sink, invalid, _ = run(json.dumps(nested) + "\n")
+    _sink, invalid, _ = run(json.dumps(nested) + "\n")
     assert list(invalid) == [1] and "nested more than" in invalid[1][0]
 
 

@@ -188,8 +188,7 @@ class ReportProducer:
             raise PublishError(
                 f"Kafka at {self.bootstrap} did not give metadata or buffer space for topic "
                 f"{self.topic!r} within {self._max_block_s:g} s ({exc}); check that the broker "
-                "runs and the topic exists (`queuewatch topics`); "
-                + connection_hint(self.security)
+                "runs and the topic exists (`queuewatch topics`); " + connection_hint(self.security)
             ) from exc
         except KafkaError as exc:
             raise PublishError(f"Kafka refused the report: {type(exc).__name__}: {exc}") from exc

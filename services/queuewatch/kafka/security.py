@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +37,7 @@ class KafkaSecurity:
     protocol: SecurityProtocol = "PLAINTEXT"
     mechanism: SaslMechanism = "SCRAM-SHA-512"
     username: str = ""
-    password: SecretStr = SecretStr("")
+    password: SecretStr = field(default_factory=lambda: SecretStr(""))
     cafile: Path | None = None
     certfile: Path | None = None
     keyfile: Path | None = None
@@ -139,9 +139,7 @@ def connection_hint(settings: CommonSettings | KafkaSecurity) -> str:
     A broker that requires TLS or SASL does not answer a client that speaks another protocol:
     the client only sees no answer, so the hint names the security settings too.
     """
-    security = (
-        settings if isinstance(settings, KafkaSecurity) else _security_or_none(settings)
-    )
+    security = settings if isinstance(settings, KafkaSecurity) else _security_or_none(settings)
     protocol = security.protocol if security is not None else "?"
     if protocol == "PLAINTEXT":
         return (
@@ -267,10 +265,10 @@ def describe_failure(
 
 __all__ = [
     "KafkaSecurity",
+    "RefusalLog",
     "SaslMechanism",
     "SecurityProtocol",
     "client_security",
-    "RefusalLog",
     "connection_hint",
     "describe_failure",
     "transport_answers",

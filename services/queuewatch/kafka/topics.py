@@ -68,9 +68,7 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
             {"retention.ms": str(WEEK_MS), "cleanup.policy": "delete"},
         ),
     ]
-    return [
-        TopicSpec(s.name, s.partitions, {**s.configs, **replicated}, factor) for s in specs
-    ]
+    return [TopicSpec(s.name, s.partitions, {**s.configs, **replicated}, factor) for s in specs]
 
 
 def ensure_topics(
@@ -89,12 +87,14 @@ def ensure_topics(
         for spec in missing:
             try:
                 admin.create_topics(
-                    [NewTopic(
+                    [
+                        NewTopic(
                             spec.name,
                             spec.partitions,
                             spec.replication,
                             topic_configs=dict(spec.configs),
-                        )]
+                        )
+                    ]
                 )
                 created.append(spec.name)
                 log.info(

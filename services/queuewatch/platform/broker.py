@@ -502,14 +502,12 @@ def _secured(
         key: value.format(host=host, port=port, controller_port=controller_port)
         for key, value in _SECURED_LISTENERS.items()
     }
-    lines = [
-        line
-        for line in text.splitlines()
-        if line.partition("=")[0].strip() not in replaced
-    ]
+    lines = [line for line in text.splitlines() if line.partition("=")[0].strip() not in replaced]
     extra = {**replaced, **security.properties()}
-    return "\n".join(lines) + "\n# SASL_SSL (BrokerSecurity in broker.py)\n" + "".join(
-        f"{key}={value}\n" for key, value in extra.items()
+    return (
+        "\n".join(lines)
+        + "\n# SASL_SSL (BrokerSecurity in broker.py)\n"
+        + "".join(f"{key}={value}\n" for key, value in extra.items())
     )
 
 

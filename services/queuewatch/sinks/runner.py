@@ -23,11 +23,11 @@ from queuewatch.clickhouse.client import chdb_folder, connect, is_embedded, reda
 from queuewatch.clickhouse.migrations import migrate
 from queuewatch.clickhouse.query import readonly_client
 from queuewatch.clickhouse.query_server import QueryServer
+from queuewatch.kafka.security import KafkaSecurity
 from queuewatch.settings import CommonSettings, SinkSettings
 from queuewatch.sinks import raw, windows
 from queuewatch.sinks.checkpoint import Backoff, BatchWriter, Checkpointer, Transform
 from queuewatch.sinks.exceptions import SinkError
-from queuewatch.kafka.security import KafkaSecurity
 from queuewatch.sinks.source import KafkaSource
 from queuewatch.sinks.writer import ClickHouseWriter
 

@@ -83,9 +83,7 @@ class KafkaSource:
                     KafkaConsumer, bootstrap, group, client_id, session_timeout_s, security
                 )
             except KafkaError as exc:
-                raise SinkKafkaError(
-                    describe_failure(bootstrap, security, exc, refusals)
-                ) from exc
+                raise SinkKafkaError(describe_failure(bootstrap, security, exc, refusals)) from exc
         revoke = on_revoke
 
         class Listener(ConsumerRebalanceListener):
