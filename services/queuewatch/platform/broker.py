@@ -189,7 +189,7 @@ class BrokerSecurity:
     """A SASL_SSL broker: its TLS files and the users it knows.
 
     Every listener speaks SASL_SSL, the controller's included (a PLAINTEXT controller port
-    would take topic deletions from anyone on the machine). Clients authenticate with
+    would take requests from anyone on the machine). Clients authenticate with
     SCRAM-SHA-512 (credentials written into the storage when it is formatted, so they hold
     from the first start) or PLAIN (from the listener's JAAS config); the broker talks to its
     own controller and to itself as ``broker_user`` with PLAIN. The PEM files are Kafka 4's
