@@ -241,37 +241,82 @@ def test_the_aggregators_changelog_has_the_configured_min_insync_replicas(
     assert found == {name: "1" for name in names}
 
 
-def test_a_client_without_credentials_is_refused_and_told_what_to_set(
-    secure_kafka: SecureKafka, tmp_path: Path
-) -> None:
-    env = environ(secure_kafka, tmp_path, "nocreds", QUEUEWATCH_KAFKA_SECURITY_PROTOCOL="PLAINTEXT")
-    done = cli(["topics"], env)
-    assert done.returncode != 0
-    assert f"cannot reach Kafka at {secure_kafka.bootstrap}" in done.stderr
-    assert "QUEUEWATCH_KAFKA_SECURITY_PROTOCOL" in done.stderr
+WRONG_PASSWORD = f"wrong-{uuid.uuid4().hex}"
 
 
-def test_a_wrong_password_is_refused_by_name_and_never_printed(
-    secure_kafka: SecureKafka, tmp_path: Path
-) -> None:
-    wrong = f"wrong-{uuid.uuid4().hex}"
-    secret = tmp_path / "wrong-password"
-    secret.write_text(wrong)
-    env = environ(
-        secure_kafka,
-        tmp_path,
-        "wrongpw",
-        QUEUEWATCH_KAFKA_SASL_PASSWORD_FILE=str(secret),
-        QUEUEWATCH_PRODUCER_MAX_BLOCK_S="10",
+@pytest.fixture(scope="module")
+def refused(
+    secure_kafka: SecureKafka, tmp_path_factory: pytest.TempPathFactory
+) -> dict[tuple[str, str], subprocess.CompletedProcess[str]]:
+    """`topics` and `publish` with no credentials and with a wrong password, run side by side.
+
+    Each waits out its client's bootstrap timeout (30 s for the admin client), so they run at
+    once: the module costs one wait, not four.
+    """
+    home = tmp_path_factory.mktemp("refused")
+    secret = home / "wrong-password"
+    secret.write_text(WRONG_PASSWORD)
+    envs = {
+        "no credentials": environ(
+            secure_kafka,
+            home,
+            "nocreds",
+            QUEUEWATCH_KAFKA_SECURITY_PROTOCOL="PLAINTEXT",
+            QUEUEWATCH_PRODUCER_MAX_BLOCK_S="10",
+        ),
+        "wrong password": environ(
+            secure_kafka,
+            home,
+            "wrongpw",
+            QUEUEWATCH_KAFKA_SASL_PASSWORD_FILE=str(secret),
+            QUEUEWATCH_PRODUCER_MAX_BLOCK_S="10",
+        ),
+    }
+    report = home / "one.jsonl"
+    made = cli(
+        ["simulate", "--count", "1", "--invalid-share", "0", "--out", str(report)],
+        envs["no credentials"],
     )
-    report = tmp_path / "one.jsonl"
-    made = cli(["simulate", "--count", "1", "--invalid-share", "0", "--out", str(report)], env)
     assert made.returncode == 0, made.stderr
-    for args in (["topics"], ["publish", str(report)]):
-        done = cli(args, env)
-        assert done.returncode != 0, args
-        assert f"refused the login of SASL user {USER!r}" in done.stderr, done.stderr
-        assert wrong not in done.stdout + done.stderr
+    commands = {"topics": ["topics"], "publish": ["publish", str(report)]}
+    procs = {
+        (who, name): subprocess.Popen(
+            [sys.executable, "-m", "queuewatch", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for who, env in envs.items()
+        for name, args in commands.items()
+    }
+    results = {}
+    for key, proc in procs.items():
+        out, err = proc.communicate(timeout=180)
+        results[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return results
+
+
+@pytest.mark.parametrize("command", ["topics", "publish"])
+def test_a_client_without_credentials_is_refused_and_told_what_to_set(
+    secure_kafka: SecureKafka,
+    refused: dict[tuple[str, str], subprocess.CompletedProcess[str]],
+    command: str,
+) -> None:
+    done = refused[("no credentials", command)]
+    assert done.returncode != 0
+    assert secure_kafka.bootstrap in done.stderr, done.stderr
+    assert "QUEUEWATCH_KAFKA_SECURITY_PROTOCOL" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("command", ["topics", "publish"])
+def test_a_wrong_password_is_refused_by_name_and_never_printed(
+    refused: dict[tuple[str, str], subprocess.CompletedProcess[str]], command: str
+) -> None:
+    done = refused[("wrong password", command)]
+    assert done.returncode != 0
+    assert f"refused the login of SASL user {USER!r}" in done.stderr, done.stderr
+    assert WRONG_PASSWORD not in done.stdout + done.stderr
 
 
 def test_a_plain_kafka_python_admin_cannot_even_list_the_topics(secure_kafka: SecureKafka) -> None:
