@@ -209,6 +209,20 @@ def test_topics_publish_aggregator_and_sinks_work_through_sasl_ssl(pipeline: Pip
     assert reports_in_windows and reports_in_windows > 0
 
 
+def test_status_reads_topics_and_lag_through_sasl_ssl(
+    secure_kafka: SecureKafka, pipeline: Pipeline
+) -> None:
+    done = cli(["status", "--json"], pipeline.env)
+    report = json.loads(done.stdout)
+    assert report["broker_reachable"], report["problems"]
+    assert all(parts == 3 for parts in report["topics"].values()), report["topics"]
+    assert {g["group"] for g in report["groups"]} == {
+        pipeline.env[f"QUEUEWATCH_{name}_GROUP"]
+        for name in ("AGGREGATOR", "RAW_SINK", "WINDOW_SINK")
+    }
+    assert secure_kafka.security.users[USER] not in done.stdout + done.stderr
+
+
 def test_the_aggregators_changelog_has_the_configured_min_insync_replicas(
     secure_kafka: SecureKafka, pipeline: Pipeline
 ) -> None:
