@@ -68,12 +68,19 @@ bench: install broker ## The full benchmarks (docs/performance.md)
 bench-smoke: install broker ## A minute-long run of every benchmark, to check they work
 	$(BIN)/python -m benchmarks.run --smoke
 
-compose-up: ## Build the image and start the docker compose deployment (needs .env)
-	@test -f .env || { echo "no .env: cp .env.example .env, then set the passwords in it"; exit 1; }
-	docker compose -f infra/docker-compose.yml --env-file .env up -d --build
+# The compose settings file; QUEUEWATCH_IMAGE (there or in the environment) names a prebuilt
+# image, which compose-up then pulls or uses instead of building.
+COMPOSE_ENV ?= .env
+COMPOSE_IMAGE := $(or $(QUEUEWATCH_IMAGE),$(shell sed -n 's/^QUEUEWATCH_IMAGE=//p' $(COMPOSE_ENV) 2>/dev/null))
+COMPOSE_BUILD := $(if $(COMPOSE_IMAGE),--no-build,--build)
+
+compose-up: ## Start the docker compose deployment (needs .env); builds unless QUEUEWATCH_IMAGE is set
+	@test -f $(COMPOSE_ENV) || { echo "no $(COMPOSE_ENV): cp .env.example .env, then follow it"; exit 1; }
+	$(if $(COMPOSE_IMAGE),QUEUEWATCH_IMAGE=$(COMPOSE_IMAGE) )docker compose -f infra/docker-compose.yml \
+	  --env-file $(COMPOSE_ENV) up -d $(COMPOSE_BUILD)
 
 compose-down: ## Stop the docker compose deployment (the volumes, i.e. the data, are kept)
-	docker compose -f infra/docker-compose.yml --env-file .env down
+	docker compose -f infra/docker-compose.yml --env-file $(COMPOSE_ENV) down
 
 clean: ## Remove local state (the broker's log, the embedded ClickHouse) and build output
 	@if [ -e var/up.lock ] && command -v flock >/dev/null && ! flock -n var/up.lock true; then \

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _ENV = SettingsConfigDict(env_prefix="QUEUEWATCH_", extra="ignore")
@@ -31,10 +32,59 @@ class CommonSettings(BaseSettings):
         "127.0.0.1:9092",
         description="Kafka bootstrap servers; a local broker is started here when none answers.",
     )
-    clickhouse_url: str = Field(
-        "",
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How every queuewatch client talks to Kafka; SASL_SSL for any broker "
+        "beyond this machine, so nobody without the password can read or delete the log.",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512",
+        description="SASL mechanism (with a SASL_* protocol): SCRAM never sends the password; "
+        "PLAIN does, so use it over SSL only.",
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name of every client.")
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""),
+        description="SASL password; prefer QUEUEWATCH_KAFKA_SASL_PASSWORD_FILE, since the "
+        "environment of a process is readable by `docker inspect` and /proc.",
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        None,
+        description="File holding the SASL password (a Docker secret); wins over "
+        "QUEUEWATCH_KAFKA_SASL_PASSWORD.",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="PEM file of the CA that signed the broker's certificate (with SSL or "
+        "SASL_SSL); empty trusts the system's CAs.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM), for brokers that require mutual TLS."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="Private key (PEM) of the client certificate."
+    )
+    kafka_replication_factor: int = Field(
+        1,
+        ge=1,
+        description="Replicas of every topic queuewatch creates (the changelog too); 1 suits "
+        "one broker only: a real cluster wants 3, so losing a broker loses no report.",
+    )
+    kafka_min_insync_replicas: int = Field(
+        1,
+        ge=1,
+        description="min.insync.replicas of those topics: with acks=all, a write succeeds "
+        "only once this many replicas hold it (2 of 3 on a real cluster).",
+    )
+    clickhouse_url: SecretStr = Field(
+        SecretStr(""),
         description="ClickHouse URL: chdb://PATH (embedded, default $QUEUEWATCH_HOME/clickhouse) "
-        "or http(s)://user:password@host:port for a server.",
+        "or http(s)://user[:password]@host:port for a server; a secret, never printed.",
+    )
+    clickhouse_password_file: Path | None = Field(
+        None,
+        description="File holding the password of the user in QUEUEWATCH_CLICKHOUSE_URL (a "
+        "Docker secret), so the URL in the environment carries none.",
     )
     clickhouse_database: str = Field(
         "queuewatch", description="Database holding the projections and the migrations table."
@@ -83,10 +133,17 @@ class CommonSettings(BaseSettings):
 
     @property
     def resolved_clickhouse_url(self) -> str:
-        """The ClickHouse URL, defaulting to the embedded engine under ``home``."""
-        if self.clickhouse_url:
-            return self.clickhouse_url
-        return f"chdb://{(self.home / 'clickhouse').resolve()}"
+        """The ClickHouse URL, defaulting to the embedded engine under ``home``.
+
+        A secret when it names a server: it carries the password (from the URL or from
+        ``clickhouse_password_file``). Show :func:`redact_url` of it, never the URL itself.
+        """
+        url = self.clickhouse_url.get_secret_value()
+        if not url:
+            return f"chdb://{(self.home / 'clickhouse').resolve()}"
+        if self.clickhouse_password_file is None or url.startswith("chdb://"):
+            return url
+        return with_password(url, read_secret_file(self.clickhouse_password_file, "CLICKHOUSE"))
 
     @property
     def is_embedded_clickhouse(self) -> bool:
@@ -207,6 +264,18 @@ class ProducerSettings(BaseSettings):
         description="How long a report may take to be acknowledged (retries included) before "
         "the producer raises instead of waiting forever.",
     )
+    publish_max_line_bytes: int = Field(
+        65_536,
+        ge=1024,
+        description="Longest line `queuewatch publish` reads (bytes): a report is under 2 KiB; "
+        "a longer line is rejected by its number, unparsed, and the run goes on.",
+    )
+    producer_max_block_s: float = Field(
+        60.0,
+        description="How long a publish waits for the broker's metadata or buffer space: "
+        "long enough for a broker that is starting, short enough that a wrong address or a "
+        "refused login fails within a minute.",
+    )
 
 
 class SimulatorSettings(BaseSettings):
@@ -274,6 +343,46 @@ class AggregatorSettings(BaseSettings):
         description="Port of faust's web server (stats) on 127.0.0.1; 0 turns it off, so "
         "several workers on one machine never fight for a port.",
     )
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The secret in ``path`` (a Docker secret: one line, the trailing newline dropped)."""
+    from queuewatch.errors import ConfigurationError
+
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the {what.lower()} password file {path} ({exc.strerror}); fix "
+            f"QUEUEWATCH_{what}_PASSWORD_FILE or the file's permissions"
+        ) from None
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` as the password of its user (replacing any in the URL)."""
+    from queuewatch.errors import ConfigurationError
+
+    parts = urlsplit(url)
+    if not parts.username:
+        raise ConfigurationError(
+            "QUEUEWATCH_CLICKHOUSE_PASSWORD_FILE is set but QUEUEWATCH_CLICKHOUSE_URL names no "
+            "user; write it as http(s)://USER@host:port"
+        )
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{quote(parts.username, safe='')}:{quote(password, safe='')}@{host}{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: the only form of a URL ever shown."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
 
 
 @dataclass(frozen=True)

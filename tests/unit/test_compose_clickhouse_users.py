@@ -67,17 +67,83 @@ def test_the_users_are_migrator_writer_reader_and_a_restricted_default(
     assert {user.tag for user in users} == {"default", "migrator", "writer", "reader"}
 
 
-def test_the_writer_may_insert_and_select_on_the_queuewatch_database(
+PROJECTIONS = {"queue_reports", "crossing_windows", "window_latest"}
+
+
+def _may(grants: list[tuple[set[str], str]], privilege: str, table: str) -> bool:
+    """Whether the grants allow ``privilege`` on ``queuewatch.<table>`` (db-wide or by table)."""
+    return any(
+        (privilege in privileges or "ALL" in privileges)
+        and target in (f"{DATABASE}.*", f"{DATABASE}.{table}")
+        for privileges, target in grants
+    )
+
+
+def test_the_writer_may_insert_into_the_projection_tables_and_select_the_database(
     root: ElementTree.Element,
 ) -> None:
     grants = _grants(_user(root, "writer"))
-    assert grants[0] == ({"INSERT", "SELECT"}, f"{DATABASE}.*")
+    assert grants[0] == ({"SELECT"}, f"{DATABASE}.*")
+    inserts = [target for privileges, target in grants if "INSERT" in privileges]
+    assert set(inserts) == {f"{DATABASE}.{table}" for table in PROJECTIONS}
     # Beyond that, only the two CREATE ... IF NOT EXISTS a sink's start-up migrate() runs once
     # the `migrate` service has applied everything: nothing that drops, alters or empties.
-    assert grants[1:] == [
+    assert [g for g in grants if "INSERT" not in g[0]][1:] == [
         ({"CREATE DATABASE"}, f"{DATABASE}.*"),
         ({"CREATE TABLE"}, f"{DATABASE}.schema_migrations"),
     ]
+
+
+def test_a_forged_schema_migrations_row_is_refused_for_the_writer(
+    root: ElementTree.Element,
+) -> None:
+    # Offline, from the grants: chdb has no users, and no ClickHouse server runs here. The
+    # INSERT a forger needs is granted neither on the database nor on the table.
+    writer = _grants(_user(root, "writer"))
+    assert not _may(writer, "INSERT", "schema_migrations")
+    assert not _may(writer, "ALTER", "schema_migrations")
+    assert not _may(writer, "TRUNCATE", "schema_migrations")
+    # ...while the migrator, which records migrations, may.
+    assert _may(_grants(_user(root, "migrator")), "INSERT", "schema_migrations")
+
+
+def test_every_table_a_sink_writes_is_one_the_writer_may_insert_into(
+    root: ElementTree.Element,
+) -> None:
+    from queuewatch.sinks.runner import sink_spec
+
+    writer = _grants(_user(root, "writer"))
+    for kind in ("raw", "windows"):
+        table = sink_spec(kind, CommonSettings()).table.split(".", 1)[1]
+        assert table in PROJECTIONS
+        assert _may(writer, "INSERT", table), f"the {kind} sink could not write {table}"
+
+
+@pytest.mark.parametrize("name", ["migrator", "writer", "reader"])
+def test_every_profile_limits_time_and_memory(root: ElementTree.Element, name: str) -> None:
+    settings = _profile_settings(root, _user(root, name))
+    assert 0 < int(settings.get("max_execution_time", "0")) <= 3600
+    assert int(settings.get("max_memory_usage", "0")) > 0
+
+
+@pytest.mark.parametrize("name", ["migrator", "writer"])
+def test_a_writing_profile_cannot_raise_its_own_limits(
+    root: ElementTree.Element, name: str
+) -> None:
+    profile = root.find(f"profiles/{_user(root, name).findtext('profile')}")
+    assert profile is not None
+    settings = _profile_settings(root, _user(root, name))
+    for limit in ("max_execution_time", "max_memory_usage"):
+        cap = profile.findtext(f"constraints/{limit}/max")
+        assert cap is not None, f"{name} may raise {limit}"
+        assert int(cap) == int(settings[limit])
+
+
+def test_the_reader_has_a_result_size_limit_that_throws(root: ElementTree.Element) -> None:
+    settings = _profile_settings(root, _user(root, "reader"))
+    assert int(settings.get("max_result_rows", "0")) > 0
+    assert int(settings.get("max_result_bytes", "0")) > 0
+    assert settings.get("result_overflow_mode") == "throw"
 
 
 def test_the_writers_create_grants_cover_exactly_what_migrate_creates_first() -> None:
@@ -132,14 +198,15 @@ def test_the_default_user_answers_on_loopback_only(root: ElementTree.Element) ->
 
 
 @pytest.mark.parametrize("name", ["migrator", "writer", "reader"])
-def test_a_password_comes_from_the_environment_never_from_the_file(
+def test_the_server_gets_only_a_hash_of_each_password_from_the_environment(
     root: ElementTree.Element, name: str
 ) -> None:
     user = _user(root, name)
-    password = user.find("password")
-    assert password is not None and password.get("from_env"), f"{name} has no password source"
-    assert not (password.text or "").strip(), f"{name}'s password is written in the file"
-    for other in ("password_sha256_hex", "password_double_sha1_hex", "no_password"):
+    digest = user.find("password_sha256_hex")
+    assert digest is not None and digest.get("from_env"), f"{name} has no password source"
+    assert digest.get("from_env", "").endswith("_SHA256")
+    assert not (digest.text or "").strip(), f"{name}'s password hash is written in the file"
+    for other in ("password", "password_double_sha1_hex", "no_password"):
         assert user.find(other) is None, f"{name} has <{other}> in the file"
 
 

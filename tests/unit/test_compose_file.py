@@ -37,9 +37,9 @@ MIN_CLICKHOUSE = (26, 6, 2, 98)
 
 #: Distinct values for the secrets, so a test can tell where each one ends up.
 SENTINELS = {
-    "CLICKHOUSE_MIGRATOR_PASSWORD": "sentinel-migrator-5f1e",
-    "CLICKHOUSE_WRITER_PASSWORD": "sentinel-writer-9a2c",
-    "CLICKHOUSE_READER_PASSWORD": "sentinel-reader-3b7d",
+    "CLICKHOUSE_MIGRATOR_PASSWORD_SHA256": "sentinel-migrator-5f1e",
+    "CLICKHOUSE_WRITER_PASSWORD_SHA256": "sentinel-writer-9a2c",
+    "CLICKHOUSE_READER_PASSWORD_SHA256": "sentinel-reader-3b7d",
 }
 
 
@@ -132,7 +132,7 @@ def test_compose_without_passwords_stops_and_names_the_missing_variable(tmp_path
 
 
 def test_the_deployment_has_every_service_of_the_design(services: dict[str, Any]) -> None:
-    assert set(services) == {"kafka", "clickhouse", *QUEUEWATCH_SERVICES}
+    assert set(services) == {"kafka", "kafka-users", "clickhouse", *QUEUEWATCH_SERVICES}
 
 
 def test_the_simulator_runs_only_under_the_demo_profile(sentinel_env: Path) -> None:
@@ -267,24 +267,41 @@ def test_a_queuewatch_service_uses_the_servers_not_the_local_platform(
         assert url.startswith("http://") and "@clickhouse:8123" in url, url
 
 
-def test_each_clickhouse_url_carries_the_password_of_its_own_user(
-    services: dict[str, Any],
+def test_each_clickhouse_client_reads_its_own_users_password_from_a_docker_secret(
+    model: dict[str, Any],
 ) -> None:
-    from xml.etree import ElementTree
-
-    users = ElementTree.parse(USERS_XML).getroot().find("users")
-    assert users is not None
-    server_env = services["clickhouse"]["environment"]
+    services = model["services"]
     expected_user = {"migrate": "migrator", "raw-sink": "writer", "window-sink": "writer"}
     for name, user in expected_user.items():
-        url = services[name]["environment"]["QUEUEWATCH_CLICKHOUSE_URL"]
-        match = re.fullmatch(r"http://([^:@]+):([^@]+)@clickhouse:8123", url)
-        assert match is not None, url
-        assert match.group(1) == user, f"{name} connects as {match.group(1)}, not {user}"
-        password = users.find(f"{user}/password")
-        assert password is not None
-        # The server reads this variable for the user's password: the URL must hold the same.
-        assert server_env[password.get("from_env", "")] == match.group(2)
+        env = services[name]["environment"]
+        # The URL names the user only: the password is in no environment (`docker inspect`).
+        assert env["QUEUEWATCH_CLICKHOUSE_URL"] == f"http://{user}@clickhouse:8123"
+        secret = f"clickhouse_{user}_password"
+        assert env["QUEUEWATCH_CLICKHOUSE_PASSWORD_FILE"] == f"/run/secrets/{secret}"
+        mounted = {s["source"] for s in services[name].get("secrets", [])}
+        assert mounted == {secret}, f"{name} gets the secrets {mounted}"
+        assert model["secrets"][secret].get("file"), f"{secret} is not a file on the host"
+
+
+def test_a_password_file_goes_to_the_one_service_that_needs_it(model: dict[str, Any]) -> None:
+    holders: dict[str, set[str]] = {}
+    for name, service in model["services"].items():
+        for secret in service.get("secrets", []):
+            holders.setdefault(secret["source"], set()).add(name)
+    assert holders == {
+        "clickhouse_migrator_password": {"migrate"},
+        "clickhouse_writer_password": {"raw-sink", "window-sink"},
+        "kafka_producer_password": {"kafka-users"},
+    }
+
+
+def test_the_clickhouse_server_is_given_password_hashes_not_passwords(
+    services: dict[str, Any],
+) -> None:
+    env = services["clickhouse"]["environment"]
+    hashes = {k for k in env if "PASSWORD" in k}
+    assert hashes == set(SENTINELS)
+    assert all(k.endswith("_SHA256") for k in hashes)
 
 
 def test_the_database_the_grants_name_is_the_default_one(services: dict[str, Any]) -> None:
@@ -310,6 +327,11 @@ def _local_broker_properties() -> dict[str, str]:
     return props
 
 
+#: The host listener's login (SASL SCRAM), which the loopback-only local broker does not have.
+EXTERNAL_LOGIN = {
+    "listener.name.external.sasl.enabled.mechanisms",
+    "listener.name.external.scram-sha-512.sasl.jaas.config",
+}
 #: Where the container differs from the local broker by design: addresses and the data folder.
 NETWORK_SHAPE = {
     "listeners",
@@ -328,7 +350,9 @@ def test_the_kafka_container_runs_the_broker_configs_of_the_local_platform(
     env = services["kafka"]["environment"]
     local = _local_broker_properties()
     container = {
-        _kafka_property(k): str(v) for k, v in env.items() if k not in KAFKA_IMAGE_VARIABLES
+        _kafka_property(k): str(v)
+        for k, v in env.items()
+        if k not in KAFKA_IMAGE_VARIABLES and _kafka_property(k) not in EXTERNAL_LOGIN
     }
     assert set(container) == set(local), (
         f"only in compose: {sorted(set(container) - set(local))}; "
@@ -386,17 +410,26 @@ def test_required_variables_are_set_not_commented_in_env_example() -> None:
 
 
 def test_env_example_holds_placeholders_not_secrets() -> None:
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        name, sep, value = line.partition("=")
-        if sep and "PASSWORD" in name:
-            assert value.startswith("change-me"), f"{name} looks like a real password"
+    assignments = re.findall(r"^#?([A-Z][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.M)
+    secrets = [(n, v) for n, v in assignments if "PASSWORD" in n and not n.endswith("_FILE")]
+    assert secrets, "the example names no password variable"
+    for name, value in secrets:
+        assert value.startswith("change-me"), f"{name} looks like a real password"
+    assert not re.search(r"^#?[A-Z0-9_]*PASSWORD=", ENV_EXAMPLE.read_text(), re.M), (
+        "a password belongs in a secret file, not in .env"
+    )
 
 
 def test_no_password_is_written_into_the_compose_file() -> None:
     raw = COMPOSE_FILE.read_text()
-    for userinfo in re.findall(r"://[^/\s:@]+:([^@\s]+)@", raw):
-        assert userinfo.startswith("${"), f"literal credential in the compose file: {userinfo}"
+    # No URL carries a password at all any more, literal or interpolated: they come from files.
+    assert not re.findall(r"://[^/\s:@]+:([^@\s]+)@", raw), (
+        "a URL in the compose file has a password"
+    )
     for key, value in re.findall(r"^\s*([A-Z0-9_]*PASSWORD[A-Z0-9_]*):\s*(\S.*)$", raw, re.M):
+        if key.endswith("_FILE"):
+            assert value.startswith("/run/secrets/"), f"{key} is not a Docker secret: {value}"
+            continue
         assert value.startswith("${"), f"{key} is set to a literal in the compose file"
 
 
@@ -429,3 +462,65 @@ def test_the_raw_file_parses_as_yaml_with_anchors_resolved() -> None:
     raw = yaml.safe_load(COMPOSE_FILE.read_text())
     for name in QUEUEWATCH_SERVICES:
         assert raw["services"][name]["read_only"] is True
+
+
+def test_the_aggregator_home_on_tmpfs_belongs_to_the_image_user(
+    services: dict[str, Any],
+) -> None:
+    from tests.unit.test_compose_image import DOCKERFILE as IMAGE_FILE
+
+    user = re.findall(r"^USER\s+(\d+):(\d+)", IMAGE_FILE.read_text(), re.M)
+    assert user, "the image runs as a numeric user"
+    uid, gid = user[-1]
+    for name in QUEUEWATCH_SERVICES:
+        home = [t for t in services[name]["tmpfs"] if t.split(":")[0] == "/var/lib/queuewatch"]
+        assert home, f"{name} has no tmpfs home"
+        options = dict(o.split("=", 1) for o in home[0].split(":", 1)[1].split(","))
+        assert (options["uid"], options["gid"]) == (uid, gid), f"{name}: {home[0]}"
+        assert options["mode"] == "0700"
+
+
+def test_the_host_listener_requires_a_sasl_login(services: dict[str, Any]) -> None:
+    env = services["kafka"]["environment"]
+    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert protocols["EXTERNAL"] in {"SASL_PLAINTEXT", "SASL_SSL"}
+    assert env["KAFKA_LISTENER_NAME_EXTERNAL_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    # The one published port is the EXTERNAL listener's; PLAINTEXT stays on the compose network.
+    listeners = dict(
+        (lst.split("://")[0], lst.rsplit(":", 1)[1]) for lst in env["KAFKA_LISTENERS"].split(",")
+    )
+    published = {str(p["target"]) for p in services["kafka"]["ports"]}
+    assert published == {listeners["EXTERNAL"]}
+    assert listeners["PLAINTEXT"] not in published
+
+
+def test_the_producer_user_is_created_from_a_secret_file_never_a_command_line(
+    services: dict[str, Any],
+) -> None:
+    users = services["kafka-users"]
+    script = " ".join(users["command"])
+    assert "--add-config-file" in script and "/run/secrets/kafka_producer_password" in script
+    assert "--add-config " not in script
+    assert users["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert users.get("restart", "no") == "no"
+    assert users["image"] == services["kafka"]["image"]
+
+
+def _make_compose_up(**variables: str) -> str:
+    args = [f"{k}={v}" for k, v in variables.items()]
+    proc = subprocess.run(
+        ["make", "-n", "-C", str(REPO_ROOT), "compose-up", "COMPOSE_ENV=/nonexistent/.env", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_make_compose_up_builds_the_image_only_when_no_prebuilt_one_is_named() -> None:
+    assert " --build" in _make_compose_up()
+    prebuilt = _make_compose_up(QUEUEWATCH_IMAGE="registry.example/queuewatch:1.2.3")
+    assert " --build" not in prebuilt and " --no-build" in prebuilt

@@ -28,6 +28,8 @@ from queuewatch.aggregator.state_codec import decode_state, encode_state
 from queuewatch.aggregator.window_codec import window_encoder
 from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
 from queuewatch.errors import ConfigurationError, QueuewatchError
+from queuewatch.kafka.security import KafkaSecurity, RefusalLog, describe_failure
+from queuewatch.kafka.topics import replication
 from queuewatch.platform.liveness import (
     Heartbeat,
     LoopGuard,
@@ -60,18 +62,21 @@ class StateTooLargeError(QueuewatchError):
     """A crossing's state record would not fit a changelog message."""
 
 
-def topic_partitions(bootstrap: str, topic: str) -> int:
+def topic_partitions(bootstrap: str, topic: str, security: KafkaSecurity | None = None) -> int:
     """Partition count of ``topic``; the table's changelog must have the same."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    security = security or KafkaSecurity()
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="queuewatch-aggregator")
+        with RefusalLog() as refusals:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                client_id="queuewatch-aggregator",
+                **security.kafka_python(),
+            )
     except (KafkaError, OSError) as exc:
-        raise ConfigurationError(
-            f"cannot reach Kafka at {bootstrap} ({exc}); start it with `queuewatch up` or set "
-            "QUEUEWATCH_KAFKA_BOOTSTRAP"
-        ) from exc
+        raise ConfigurationError(describe_failure(bootstrap, security, exc, refusals)) from exc
     try:
         described = admin.describe_topics([topic])
     except KafkaError as exc:
@@ -135,16 +140,22 @@ class Aggregator:
         datadir = Path(common.home).resolve() / "aggregator" / common.aggregator_group
         datadir.mkdir(parents=True, exist_ok=True)
         brokers = [f"kafka://{b.strip()}" for b in common.kafka_bootstrap.split(",") if b.strip()]
+        # The same replication as the topics queuewatch creates (kafka/topics.py): the
+        # changelog holds the only durable copy of the aggregator's state.
+        factor, replicated = replication(common)
         app = faust.App(
             common.aggregator_group,
             broker=brokers,
+            # Every client faust makes (consumer, producer, the admin calls that create the
+            # changelog) logs in with these: SASL and/or TLS from the settings.
+            broker_credentials=KafkaSecurity.from_settings(common).faust_credentials(),
             datadir=str(datadir),
             store="memory://",  # the changelog is the durable copy; recovery replays it
             processing_guarantee="at_least_once",
             topic_allow_declare=True,  # the broker never auto-creates: faust creates its own
             topic_disable_leader=True,
             topic_partitions=partitions,
-            topic_replication_factor=1,
+            topic_replication_factor=factor,
             table_standby_replicas=0,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
@@ -175,7 +186,7 @@ class Aggregator:
             key_type=bytes,
             value_type=bytes,
             help="One state record per crossing: panes, watermark, de-duplication, offsets.",
-            extra_topic_configs={"max.message.bytes": str(STATE_RECORD_MAX_BYTES)},
+            extra_topic_configs={"max.message.bytes": str(STATE_RECORD_MAX_BYTES), **replicated},
         )
         self.table.on_recover(self._on_recovered)
         app.agent(self.reports, name="aggregate", concurrency=1)(self._agent)
@@ -633,7 +644,9 @@ def _tune_gc() -> None:
 
 def run(common: CommonSettings, settings: AggregatorSettings) -> None:
     """Run the aggregator worker until SIGTERM/SIGINT."""
-    partitions = topic_partitions(common.kafka_bootstrap, common.reports_topic)
+    partitions = topic_partitions(
+        common.kafka_bootstrap, common.reports_topic, KafkaSecurity.from_settings(common)
+    )
     aggregator = Aggregator(common, settings, partitions)
     _tune_gc()
     worker = faust.Worker(

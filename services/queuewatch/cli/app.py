@@ -19,12 +19,16 @@ app = typer.Typer(
 
 
 def setup_logging(level: str = "INFO") -> None:
-    """One log format for every queuewatch process, on stderr."""
+    """One log format for every queuewatch process, on stderr, with its secrets masked."""
+    from queuewatch import redaction
+
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Before any client exists: kafka-python logs its whole configuration at DEBUG.
+    redaction.install(redaction.configured_secrets())
 
 
 def fail(exc: QueuewatchError | str, code: int = 1) -> typer.Exit:

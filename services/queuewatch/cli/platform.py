@@ -105,23 +105,32 @@ def topics() -> None:
     """Create the missing topics with their configs, then list them."""
     from kafka.errors import KafkaError
 
+    from queuewatch.kafka.security import KafkaSecurity, RefusalLog, describe_failure
     from queuewatch.kafka.topics import ensure_topics, topic_specs
+    from queuewatch.platform.broker import quiet_kafka_client_logs
     from queuewatch.settings import CommonSettings
 
     settings = CommonSettings()
     setup_logging("WARNING")
-    specs = topic_specs(settings)
     try:
-        created = set(ensure_topics(settings.kafka_bootstrap, specs))
-    except KafkaError as exc:
-        raise fail(
-            f"cannot reach Kafka at {settings.kafka_bootstrap} ({type(exc).__name__}); start "
-            "it (`queuewatch up`) or set QUEUEWATCH_KAFKA_BOOTSTRAP"
-        ) from None
+        specs = topic_specs(settings)
+        security = KafkaSecurity.from_settings(settings)
+    except QueuewatchError as exc:
+        raise fail(exc) from None
+    with quiet_kafka_client_logs(), RefusalLog() as refusals:
+        try:
+            created = set(ensure_topics(settings.kafka_bootstrap, specs, security))
+        except KafkaError as exc:
+            raise fail(
+                describe_failure(settings.kafka_bootstrap, security, exc, refusals)
+            ) from None
     for spec in specs:
         configs = ", ".join(f"{k}={v}" for k, v in sorted(spec.configs.items()))
         state = "created" if spec.name in created else "exists "
-        typer.echo(f"{state} {spec.name}  partitions={spec.partitions}  {configs}")
+        typer.echo(
+            f"{state} {spec.name}  partitions={spec.partitions}  "
+            f"replication={spec.replication}  {configs}"
+        )
 
 
 @app.command("settings")

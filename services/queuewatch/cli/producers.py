@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -31,10 +32,11 @@ def publish(
     are published to the reports topic at QUEUEWATCH_KAFKA_BOOTSTRAP. Exits 0 only when every
     line was valid.
     """
-    from queuewatch.producers.publish import format_invalid, publish_lines
-    from queuewatch.settings import CommonSettings
+    from queuewatch.producers.publish import format_invalid, publish_lines, read_lines
+    from queuewatch.settings import CommonSettings, ProducerSettings
 
     settings = CommonSettings()
+    max_line = ProducerSettings().publish_max_line_bytes
     setup_logging("WARNING")
     if file == "-":
         stream: Any = sys.stdin
@@ -58,16 +60,25 @@ def publish(
             from queuewatch.kafka.producer import ReportProducer
 
             producer = ReportProducer.from_settings(settings, client_id="queuewatch-publish")
-        with stream, progress if progress is not None else _nothing():
-            task = progress.add_task("publishing", total=size) if progress else None
-            summary = publish_lines(
-                stream,
-                producer,
-                on_invalid,
-                on_line=(lambda n: progress.advance(task, n))
-                if progress and task is not None
-                else None,
-            )
+        try:
+            with stream, progress if progress is not None else _nothing():
+                task = progress.add_task("publishing", total=size) if progress else None
+                summary = publish_lines(
+                    read_lines(stream, max_line),
+                    producer,
+                    on_invalid,
+                    on_line=(lambda n: progress.advance(task, n))
+                    if progress and task is not None
+                    else None,
+                    max_line_bytes=max_line,
+                )
+        except BaseException:
+            # Stopped midway: still deliver what was accepted and close the connection,
+            # but let the error that stopped the run be the one reported.
+            if producer is not None:
+                with contextlib.suppress(QueuewatchError):
+                    producer.close()
+            raise
         if producer is not None:
             producer.close()
     except QueuewatchError as exc:

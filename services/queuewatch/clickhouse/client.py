@@ -119,8 +119,8 @@ def connect(url: str, database: str | None = None, settings: dict[str, Any] | No
 
     if not (is_embedded(url) or url.startswith(("http://", "https://"))):
         raise ConfigurationError(
-            f"ClickHouse URL {url!r} is neither chdb://PATH nor http(s)://user:pass@host:port; "
-            "fix QUEUEWATCH_CLICKHOUSE_URL"
+            f"ClickHouse URL {redact(url)!r} is neither chdb://PATH nor "
+            "http(s)://user:pass@host:port; fix QUEUEWATCH_CLICKHOUSE_URL"
         )
     if is_embedded(url):
         folder = chdb_folder(url)

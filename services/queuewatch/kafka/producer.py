@@ -37,6 +37,12 @@ from queuewatch.contract.codec import encode
 from queuewatch.contract.schemas import QUEUE_REPORT, SchemaVersion, default_registry
 from queuewatch.contract.validation import ReportInvalid, parse_json_report, validate_record
 from queuewatch.errors import QueuewatchError
+from queuewatch.kafka.security import (
+    KafkaSecurity,
+    RefusalLog,
+    connection_hint,
+    describe_failure,
+)
 from queuewatch.settings import CommonSettings, ProducerSettings
 
 Compression = Literal["lz4", "gzip", "none"]
@@ -83,9 +89,13 @@ class ReportProducer:
         schema: SchemaVersion | None = None,
         clock_ms: Callable[[], int] | None = None,
         max_block_s: float = MAX_BLOCK_MS / 1000,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.topic = topic
         self.bootstrap = bootstrap
+        self.security = security or KafkaSecurity()
+        # kafka-python only logs a refused login; this keeps it for our error messages.
+        self._refusals = RefusalLog().attach()
         self._schema = schema or default_registry().latest(QUEUE_REPORT)
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._lock = threading.Lock()
@@ -106,12 +116,16 @@ class ReportProducer:
                 batch_size=batch_bytes,
                 delivery_timeout_ms=int(delivery_timeout_s * 1000),
                 max_block_ms=int(max_block_s * 1000),
+                **self.security.kafka_python(),
             )
         except KafkaError as exc:
+            self._refusals.detach()
             raise PublishError(
-                f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}: {exc}); start it "
-                "with `queuewatch up` or set QUEUEWATCH_KAFKA_BOOTSTRAP"
+                describe_failure(bootstrap, self.security, exc, self._refusals)
             ) from exc
+        except BaseException:
+            self._refusals.detach()
+            raise
         self._closed = False
 
     @classmethod
@@ -129,8 +143,10 @@ class ReportProducer:
             "batch_bytes": producer.producer_batch_bytes,
             "compression": producer.producer_compression,
             "delivery_timeout_s": producer.producer_delivery_timeout_s,
+            "max_block_s": producer.producer_max_block_s,
         }
         kwargs.update(overrides)
+        kwargs.setdefault("security", KafkaSecurity.from_settings(common))
         return cls(common.kafka_bootstrap, common.reports_topic, **kwargs)
 
     # --- publishing ------------------------------------------------------------------------
@@ -165,10 +181,14 @@ class ReportProducer:
         try:
             future = self._producer.send(self.topic, key=key, value=value)
         except KafkaTimeoutError as exc:
+            if self._refusals.refusals:
+                raise PublishError(
+                    describe_failure(self.bootstrap, self.security, exc, self._refusals)
+                ) from exc
             raise PublishError(
                 f"Kafka at {self.bootstrap} did not give metadata or buffer space for topic "
                 f"{self.topic!r} within {self._max_block_s:g} s ({exc}); check that the broker "
-                "runs and the topic exists (`queuewatch topics`)"
+                "runs and the topic exists (`queuewatch topics`); " + connection_hint(self.security)
             ) from exc
         except KafkaError as exc:
             raise PublishError(f"Kafka refused the report: {type(exc).__name__}: {exc}") from exc
@@ -220,6 +240,7 @@ class ReportProducer:
             self.flush(timeout_s)
         finally:
             self._closed = True
+            self._refusals.detach()
             self._producer.close(timeout=timeout_s)
         self._raise_failures()
 

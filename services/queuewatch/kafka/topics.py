@@ -21,6 +21,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from queuewatch.errors import ConfigurationError
+from queuewatch.kafka.security import KafkaSecurity
 from queuewatch.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -32,16 +34,34 @@ _RETENTION_KEYS = ("retention.ms", "retention.bytes")
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """A topic's name, partition count and configs."""
+    """A topic's name, partition count, replication factor and configs."""
 
     name: str
     partitions: int
     configs: dict[str, str] = field(default_factory=dict)
+    replication: int = 1
+
+
+def replication(settings: CommonSettings) -> tuple[int, dict[str, str]]:
+    """The replication factor and the configs that go with it, for every topic we create.
+
+    The aggregator's changelog takes the same (``aggregator/app.py``), so a crash of one
+    broker of a real cluster loses neither a report nor a state record.
+    """
+    factor, min_isr = settings.kafka_replication_factor, settings.kafka_min_insync_replicas
+    if min_isr > factor:
+        raise ConfigurationError(
+            f"QUEUEWATCH_KAFKA_MIN_INSYNC_REPLICAS ({min_isr}) is above "
+            f"QUEUEWATCH_KAFKA_REPLICATION_FACTOR ({factor}): every acks=all write would "
+            "fail; lower it (a 3-broker cluster wants 3 and 2)"
+        )
+    return factor, {"min.insync.replicas": str(min_isr)}
 
 
 def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
     """The topics of a deployment, named by ``settings``."""
-    return [
+    factor, replicated = replication(settings)
+    specs = [
         # The event log: kept forever, since every projection is rebuilt by replaying it.
         TopicSpec(
             settings.reports_topic,
@@ -63,6 +83,7 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
             },
         ),
     ]
+    return [TopicSpec(s.name, s.partitions, {**s.configs, **replicated}, factor) for s in specs]
 
 
 @dataclass(frozen=True)
@@ -167,22 +188,40 @@ def align_configs(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[Confi
     return drifts
 
 
-def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
+def ensure_topics(
+    bootstrap: str, specs: list[TopicSpec], security: KafkaSecurity | None = None
+) -> list[str]:
     """Create the missing topics and align the retention of existing ones; return those created.
 
     See the module docstring for what happens to an existing topic whose configs differ.
     """
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="queuewatch-admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="queuewatch-admin",
+        **(security or KafkaSecurity()).kafka_python(),
+    )
     try:
         existing = set(admin.list_topics())
         created: list[str] = []
         for spec in (s for s in specs if s.name not in existing):
             try:
                 admin.create_topics(
-                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=dict(spec.configs))]
+                    [
+                        NewTopic(
+                            spec.name,
+                            spec.partitions,
+                            spec.replication,
+                            topic_configs=dict(spec.configs),
+                        )
+                    ]
                 )
                 created.append(spec.name)
-                log.info("created topic %s (%d partitions)", spec.name, spec.partitions)
+                log.info(
+                    "created topic %s (%d partitions, %d replicas)",
+                    spec.name,
+                    spec.partitions,
+                    spec.replication,
+                )
             except TopicAlreadyExistsError:
                 # Created by another process between list and create, or so recently that
                 # the listing did not show it yet: it exists, so its configs are checked too.

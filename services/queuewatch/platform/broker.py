@@ -19,11 +19,14 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from pydantic import SecretStr
+
 from queuewatch.errors import ConfigurationError, QueuewatchError
+from queuewatch.kafka.security import KafkaSecurity
 from queuewatch.platform.processes import cmdline, die_with_parent_hook, pid_alive, wait_gone
 from queuewatch.resources import kafka_infra_dir
 
@@ -100,8 +103,13 @@ def quiet_kafka_client_logs() -> Iterator[None]:
         client_log.setLevel(previous)
 
 
-def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
-    """True when a Kafka broker answers a metadata request at ``bootstrap``."""
+def kafka_answers(
+    bootstrap: str, timeout_s: float = 5.0, security: KafkaSecurity | None = None
+) -> bool:
+    """True when a Kafka broker answers a metadata request at ``bootstrap``.
+
+    ``security`` is how to talk to it: a secured broker does not answer a PLAINTEXT probe.
+    """
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -113,6 +121,7 @@ def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
                 # Without it a silent port holds the probe for the client's 30 s default.
                 bootstrap_timeout_ms=int(timeout_s * 1000),
                 client_id="queuewatch-probe",
+                **(security or KafkaSecurity()).kafka_python(),
             )
         except (KafkaError, OSError):
             return False
@@ -175,9 +184,84 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """A SASL_SSL broker: its TLS files and the users it knows.
+
+    Every listener speaks SASL_SSL, the controller's included (a PLAINTEXT controller port
+    would take requests from anyone on the machine). Clients authenticate with
+    SCRAM-SHA-512 (credentials written into the storage when it is formatted, so they hold
+    from the first start) or PLAIN (from the listener's JAAS config); the broker talks to its
+    own controller and to itself as ``broker_user`` with PLAIN. The PEM files are Kafka 4's
+    ``ssl.keystore.type=PEM``: ``keystore`` holds the unencrypted PKCS#8 key and the
+    certificate chain, ``truststore`` the CA.
+    """
+
+    keystore: Path
+    truststore: Path
+    users: dict[str, str]
+    broker_user: str = "broker"
+    broker_password: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def client(self, username: str, mechanism: str = "SCRAM-SHA-512") -> KafkaSecurity:
+        """How a client logs in as ``username`` (one of ``users``)."""
+        return KafkaSecurity(
+            protocol="SASL_SSL",
+            mechanism=mechanism,  # type: ignore[arg-type]
+            username=username,
+            password=SecretStr(self.users[username]),
+            cafile=self.truststore,
+        )
+
+    def properties(self) -> dict[str, str]:
+        """The broker properties that secure it (passwords included: the file is 0600)."""
+        plain_users = {self.broker_user: self.broker_password, **self.users}
+        plain = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{self.broker_user}" password="{self.broker_password}" '
+            + " ".join(f'user_{name}="{password}"' for name, password in plain_users.items())
+            + ";"
+        )
+        return {
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512,PLAIN",
+            "sasl.mechanism.inter.broker.protocol": "PLAIN",
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": plain,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": plain,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.keystore.resolve()),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.truststore.resolve()),
+            "ssl.client.auth": "none",
+        }
+
+    def scram_arguments(self) -> list[str]:
+        """``kafka-storage format`` arguments that create each user's SCRAM-SHA-512 secret."""
+        out = []
+        for name, password in self.users.items():
+            out += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+        return out
+
+
+#: The listener lines of the template a secured broker replaces.
+_SECURED_LISTENERS = {
+    "listeners": "SASL_SSL://{host}:{port},CONTROLLER://{host}:{controller_port}",
+    "advertised.listeners": "SASL_SSL://{host}:{port}",
+    "inter.broker.listener.name": "SASL_SSL",
+    "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL",
+}
+
+
 @dataclass
 class LocalBroker:
-    """One KRaft broker+controller process with its data under ``data_root``."""
+    """One KRaft broker+controller process with its data under ``data_root``.
+
+    With ``security`` it listens SASL_SSL only (see :class:`BrokerSecurity`).
+    """
 
     data_root: Path
     libs_dir: Path
@@ -186,6 +270,21 @@ class LocalBroker:
     controller_port: int | None = None
     heap: str = "1g"
     process: subprocess.Popen[bytes] | None = None
+    security: BrokerSecurity | None = None
+
+    @property
+    def client_security(self) -> KafkaSecurity:
+        """How queuewatch's own probes reach this broker: as the broker's user when secured."""
+        if self.security is None:
+            return KafkaSecurity()
+        s = self.security
+        return KafkaSecurity(
+            protocol="SASL_SSL",
+            mechanism="PLAIN",
+            username=s.broker_user,
+            password=SecretStr(s.broker_password),
+            cafile=s.truststore,
+        )
 
     @property
     def bootstrap(self) -> str:
@@ -213,10 +312,15 @@ class LocalBroker:
             log_dir=(self.data_root / "data").resolve(),
         )
         local = "".join(f"{key}={value}\n" for key, value in LOCAL_RESTART_TUNING.items())
+        text = f"{text}\n# Local platform only (see LOCAL_RESTART_TUNING in broker.py)\n{local}"
+        if self.security is not None:
+            text = _secured(text, self.host, self.port, controller_port, self.security)
         path = self.data_root / "server.properties"
-        path.write_text(
-            f"{text}\n# Local platform only (see LOCAL_RESTART_TUNING in broker.py)\n{local}"
-        )
+        # Owner only: a secured broker's file holds its users' passwords.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(path, 0o600)
         return path
 
     def _classpath(self) -> str:
@@ -259,6 +363,8 @@ class LocalBroker:
             return config  # formatted before: keep the log, it is the system of record
         cluster_id = _random_cluster_id()
         cmd = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
+        if self.security is not None:
+            cmd += self.security.scram_arguments()
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise BrokerError(
@@ -278,7 +384,7 @@ class LocalBroker:
         whatever listens there is not Kafka.
         """
         if port_open(self.host, self.port):
-            if not kafka_checked and kafka_answers(self.bootstrap, 3.0):
+            if not kafka_checked and kafka_answers(self.bootstrap, 3.0, self.client_security):
                 raise PortTakenError(
                     f"a Kafka broker already answers at {self.bootstrap}; use it (queuewatch up "
                     "does so by itself) or set QUEUEWATCH_KAFKA_BOOTSTRAP to another port"
@@ -359,7 +465,9 @@ class LocalBroker:
             if cancelled is not None and cancelled():
                 self.stop()
                 raise StartCancelled("stop requested while the broker was starting")
-            if port_open(self.host, self.port) and kafka_answers(self.bootstrap, 2.0):
+            if port_open(self.host, self.port) and kafka_answers(
+                self.bootstrap, 2.0, self.client_security
+            ):
                 log.info("Kafka broker answers at %s (pid %d)", self.bootstrap, self.process.pid)
                 return
             time.sleep(0.3)
@@ -384,6 +492,23 @@ class LocalBroker:
                 proc.wait()
         self.process = None
         self.pid_file.unlink(missing_ok=True)
+
+
+def _secured(
+    text: str, host: str, port: int, controller_port: int, security: BrokerSecurity
+) -> str:
+    """The template's properties with SASL_SSL listeners and the security properties."""
+    replaced = {
+        key: value.format(host=host, port=port, controller_port=controller_port)
+        for key, value in _SECURED_LISTENERS.items()
+    }
+    lines = [line for line in text.splitlines() if line.partition("=")[0].strip() not in replaced]
+    extra = {**replaced, **security.properties()}
+    return (
+        "\n".join(lines)
+        + "\n# SASL_SSL (BrokerSecurity in broker.py)\n"
+        + "".join(f"{key}={value}\n" for key, value in extra.items())
+    )
 
 
 def _random_cluster_id() -> str:

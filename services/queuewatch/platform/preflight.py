@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from queuewatch.errors import ConfigurationError, QueuewatchError
+from queuewatch.kafka.security import KafkaSecurity, RefusalLog, connection_hint, describe_failure
 from queuewatch.platform.broker import is_local_address, kafka_answers, port_open, split_host_port
 
 
@@ -92,11 +93,19 @@ def bootstrap_is_local(bootstrap: str) -> bool:
     return is_local_address(host)
 
 
-def check_remote_kafka(bootstrap: str, timeout_s: float = 10.0) -> None:
+def check_remote_kafka(
+    bootstrap: str, timeout_s: float = 10.0, security: KafkaSecurity | None = None
+) -> None:
     """Fail when a bootstrap address on another machine does not answer as Kafka."""
     host, port = split_host_port(bootstrap)
-    if kafka_answers(bootstrap, timeout_s):
-        return
+    security = security or KafkaSecurity()
+    with RefusalLog() as refusals:
+        if kafka_answers(bootstrap, timeout_s, security):
+            return
+    if refusals.refusals:
+        raise KafkaUnreachableError(
+            describe_failure(bootstrap, security, KafkaUnreachableError(), refusals)
+        )
     reached = (
         "accepts connections but does not answer as Kafka"
         if port_open(host, port)
@@ -105,5 +114,6 @@ def check_remote_kafka(bootstrap: str, timeout_s: float = 10.0) -> None:
     raise KafkaUnreachableError(
         f"no Kafka broker answers at {bootstrap} ({host}:{port} {reached}); it is not on "
         "this machine, so queuewatch will not start one: start that broker, or set "
-        "QUEUEWATCH_KAFKA_BOOTSTRAP to a reachable one (127.0.0.1:9092 runs a local broker)"
+        "QUEUEWATCH_KAFKA_BOOTSTRAP to a reachable one (127.0.0.1:9092 runs a local broker); "
+        + connection_hint(security)
     )

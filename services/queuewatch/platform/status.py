@@ -28,7 +28,7 @@ from queuewatch.platform.broker import quiet_kafka_client_logs
 from queuewatch.platform.home import lock_holder
 from queuewatch.platform.liveness import HeartbeatRecord, judge, read_heartbeats
 from queuewatch.platform.processes import pid_alive
-from queuewatch.settings import CommonSettings
+from queuewatch.settings import CommonSettings, redact_url
 
 #: The tables whose row counts status shows (read with FINAL: one row per key).
 MAIN_TABLES = ("queue_reports", "crossing_windows")
@@ -108,13 +108,14 @@ def collect(settings: CommonSettings, query_timeout_s: float = 60.0) -> StatusRe
     """Look at Kafka, the processors' groups, ClickHouse and the supervisor; judge health."""
     report = StatusReport(
         kafka_bootstrap=settings.kafka_bootstrap,
-        clickhouse_url=_redact(settings.resolved_clickhouse_url),
+        clickhouse_url=_redact(_configured_clickhouse_url(settings)),
     )
     with quiet_kafka_client_logs():  # failures end up in the report, worded for a person
         _kafka_status(settings, report)
     _clickhouse_status(settings, report, query_timeout_s)
     _supervisor_status(settings.home, report)
     _liveness_status(settings, report)
+    _scrub(report, settings)
     return report
 
 
@@ -140,10 +141,55 @@ def _liveness_status(settings: CommonSettings, report: StatusReport) -> None:
             )
 
 
+def _scrub(report: StatusReport, settings: CommonSettings) -> None:
+    """Replace any password that reached a message (a driver quoting its URL) with ``***``."""
+    from urllib.parse import unquote, urlsplit
+
+    secrets = {settings.kafka_sasl_password.get_secret_value()}
+    try:
+        password = urlsplit(settings.resolved_clickhouse_url).password
+    except Exception:  # an unreadable password file is reported by the query itself
+        password = None
+    if password:
+        secrets |= {password, unquote(password)}
+    secrets.discard("")
+    if not secrets:
+        return
+
+    def clean(text: str | None) -> str | None:
+        if text is None:
+            return None
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    report.broker_error = clean(report.broker_error)
+    report.clickhouse_error = clean(report.clickhouse_error)
+    report.problems = [clean(p) or "" for p in report.problems]
+
+
 def _kafka_status(settings: CommonSettings, report: StatusReport) -> None:
+    from queuewatch.errors import QueuewatchError
+    from queuewatch.kafka.security import KafkaSecurity, RefusalLog
+
+    try:
+        security = KafkaSecurity.from_settings(settings)
+    except QueuewatchError as exc:
+        report.broker_error = str(exc)
+        report.problems.append(f"Kafka: {exc}")
+        return
+    with RefusalLog() as refusals:
+        _kafka_groups_status(settings, security, refusals, report)
+
+
+def _kafka_groups_status(
+    settings: CommonSettings, security: Any, refusals: Any, report: StatusReport
+) -> None:
     from kafka import KafkaAdminClient, TopicPartition
     from kafka.admin import OffsetSpec
     from kafka.errors import KafkaError
+
+    from queuewatch.kafka.security import describe_failure
 
     try:
         admin = KafkaAdminClient(
@@ -151,13 +197,11 @@ def _kafka_status(settings: CommonSettings, report: StatusReport) -> None:
             client_id="queuewatch-status",
             request_timeout_ms=5000,
             bootstrap_timeout_ms=5000,
+            **security.kafka_python(),
         )
     except (KafkaError, OSError) as exc:
         report.broker_error = f"{type(exc).__name__}: {exc}"
-        report.problems.append(
-            f"no Kafka broker answers at {settings.kafka_bootstrap} (start it with "
-            "`queuewatch up`, or set QUEUEWATCH_KAFKA_BOOTSTRAP)"
-        )
+        report.problems.append(describe_failure(settings.kafka_bootstrap, security, exc, refusals))
         return
     try:
         admin.describe_cluster()
@@ -205,7 +249,7 @@ def _kafka_status(settings: CommonSettings, report: StatusReport) -> None:
         if not report.broker_reachable:
             report.broker_error = f"{type(exc).__name__}: {exc}"
             report.problems.append(
-                f"the Kafka broker at {settings.kafka_bootstrap} does not answer"
+                describe_failure(settings.kafka_bootstrap, security, exc, refusals)
             )
         else:
             report.problems.append(f"reading topics and consumer groups failed: {exc}")
@@ -235,7 +279,8 @@ def _clickhouse_status(settings: CommonSettings, report: StatusReport, timeout_s
     )
     env = dict(os.environ)
     env["QUEUEWATCH_HOME"] = str(settings.home)
-    env["QUEUEWATCH_CLICKHOUSE_URL"] = settings.resolved_clickhouse_url
+    # As configured: a password from QUEUEWATCH_CLICKHOUSE_PASSWORD_FILE stays in its file.
+    env["QUEUEWATCH_CLICKHOUSE_URL"] = _configured_clickhouse_url(settings)
     cmd = [sys.executable, "-m", "queuewatch", "query", f"SELECT {columns}", "--format", "jsonl"]
     try:
         result = subprocess.run(
@@ -333,11 +378,13 @@ def render_text(report: StatusReport) -> str:
     return "\n".join(out)
 
 
-def _redact(url: str) -> str:
-    """A URL without its password, for printing."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+def _configured_clickhouse_url(settings: CommonSettings) -> str:
+    """The ClickHouse URL as set (the embedded default when unset), without a file's password."""
+    configured = settings.clickhouse_url.get_secret_value()
+    if configured:
+        return configured
+    return f"chdb://{(settings.home / 'clickhouse').resolve()}"
+
+
+#: A URL without its password, for printing (one rule for every command: ``redact_url``).
+_redact = redact_url

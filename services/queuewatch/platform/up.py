@@ -32,7 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from queuewatch.errors import QueuewatchError
+from queuewatch.errors import ConfigurationError, QueuewatchError
 from queuewatch.platform.broker import (
     BrokerError,
     LocalBroker,
@@ -54,7 +54,7 @@ from queuewatch.platform.preflight import (
 from queuewatch.platform.processes import SUPERVISOR_PID_ENV, describe_exit
 from queuewatch.platform.supervisor import Supervisor
 from queuewatch.resources import REPO_ROOT
-from queuewatch.settings import BrokerSettings, CommonSettings, SupervisorSettings
+from queuewatch.settings import BrokerSettings, CommonSettings, SupervisorSettings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class UpRun:
                 "broker_pid": self.broker.process.pid
                 if self.broker is not None and self.broker.process is not None
                 else None,
-                "clickhouse_url": url,
+                "clickhouse_url": redact_url(url),  # status --json shows this file
                 "started_at": time.time(),
             },
         )
@@ -162,10 +162,13 @@ class UpRun:
         return plan
 
     def _kafka(self, home: Path) -> None:
+        from queuewatch.kafka.security import KafkaSecurity
+
         bootstrap = self.settings.kafka_bootstrap
+        security = KafkaSecurity.from_settings(self.settings)
         if not bootstrap_is_local(bootstrap):
-            check_remote_kafka(bootstrap)
-            log.info("using the Kafka broker at %s", bootstrap)
+            check_remote_kafka(bootstrap, security=security)
+            log.info("using the Kafka broker at %s (%s)", bootstrap, security.protocol)
             return
         host, port = split_host_port(bootstrap)
         controller = self.broker_settings.kafka_controller_port or None
@@ -178,9 +181,17 @@ class UpRun:
             heap=self.broker_settings.kafka_heap,
         )
         broker.stop_stale()  # a broker this home's earlier, killed run left running
-        if port_open(broker.host, port) and kafka_answers(bootstrap, 5.0):
+        if port_open(broker.host, port) and kafka_answers(bootstrap, 5.0, security):
             log.info("a Kafka broker already answers at %s: using it", bootstrap)
             return
+        if security.protocol != "PLAINTEXT":
+            # The broker `up` starts listens PLAINTEXT on loopback: the clients configured
+            # for a secured one could not talk to it, and it must not pass for one.
+            raise ConfigurationError(
+                f"no Kafka broker answers at {bootstrap} with {security.protocol}, and the "
+                "broker `queuewatch up` starts speaks PLAINTEXT on this machine only; start "
+                "your secured broker first, or unset QUEUEWATCH_KAFKA_SECURITY_PROTOCOL"
+            )
         # Before Java and Maven: a taken port is the likelier mistake, and cheaper to report.
         broker.check_ports(kafka_checked=True)
         java_version()
@@ -196,15 +207,21 @@ class UpRun:
     def _topics(self) -> None:
         from kafka.errors import KafkaError
 
+        from queuewatch.kafka.security import KafkaSecurity, RefusalLog, describe_failure
         from queuewatch.kafka.topics import ensure_topics, topic_specs
 
-        try:
-            created = ensure_topics(self.settings.kafka_bootstrap, topic_specs(self.settings))
-        except KafkaError as exc:
-            raise BrokerError(
-                f"could not create the topics at {self.settings.kafka_bootstrap}: {exc}; "
-                "check that the broker is healthy (queuewatch status)"
-            ) from exc
+        security = KafkaSecurity.from_settings(self.settings)
+        bootstrap = self.settings.kafka_bootstrap
+        with RefusalLog() as refusals:
+            try:
+                created = ensure_topics(bootstrap, topic_specs(self.settings), security)
+            except KafkaError as exc:
+                if refusals.refusals:
+                    raise BrokerError(describe_failure(bootstrap, security, exc, refusals)) from exc
+                raise BrokerError(
+                    f"could not create the topics at {bootstrap}: {exc}; "
+                    "check that the broker is healthy (queuewatch status)"
+                ) from exc
         if created:
             log.info("created topics: %s", ", ".join(created))
 
@@ -328,7 +345,11 @@ class UpRun:
             {
                 "QUEUEWATCH_HOME": str(self.settings.home),
                 "QUEUEWATCH_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
-                "QUEUEWATCH_CLICKHOUSE_URL": self.settings.resolved_clickhouse_url,
+                # As configured, not resolved: a password read from
+                # QUEUEWATCH_CLICKHOUSE_PASSWORD_FILE stays in the file (children inherit the
+                # variable naming it), out of every child's environment.
+                "QUEUEWATCH_CLICKHOUSE_URL": self.settings.clickhouse_url.get_secret_value()
+                or self.settings.resolved_clickhouse_url,
                 "PYTHONUNBUFFERED": "1",
                 SUPERVISOR_PID_ENV: str(os.getpid()),
             }

@@ -55,6 +55,63 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+#: Deepest nesting a report line may have. A report is an object holding ``source`` and
+#: ``location`` objects (depth 2); the cap sits far above that and far below the recursion
+#: limit of every step that walks a parsed value (json itself, validation, error messages).
+MAX_JSON_DEPTH = 16
+#: Default cap on a line's size: a report is well under 2 KiB; 64 KiB leaves room for long
+#: notes while a line of megabytes (a wrong file, an attack) is refused before it is parsed.
+MAX_LINE_BYTES = 65_536
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """A line longer than the cap, read and dropped in pieces: only its size is kept."""
+
+    size: int  # bytes, at least the cap + 1
+
+
+def read_lines(stream: IO[str], max_bytes: int = MAX_LINE_BYTES) -> Iterator[str | Oversized]:
+    """The lines of ``stream``; one over ``max_bytes`` comes as :class:`Oversized`.
+
+    Never holds more than ``max_bytes`` characters of a line in memory, so a file of one
+    endless line cannot exhaust it.
+    """
+    while True:
+        text = stream.readline(max_bytes + 1)
+        if not text:
+            return
+        if len(text) > max_bytes and not text.endswith("\n"):
+            size = len(text.encode())
+            while not text.endswith("\n"):
+                text = stream.readline(max_bytes + 1)
+                if not text:
+                    break
+                size += len(text.encode())
+            yield Oversized(size)
+            continue
+        size = len(text.rstrip("\n").encode())
+        yield Oversized(size) if size > max_bytes else text
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
 def check_line(text: str, now_ms: int) -> dict[str, Any]:
     """One JSON Lines line as a valid record, or ReportInvalid naming every problem."""
     try:
@@ -63,23 +120,59 @@ def check_line(text: str, now_ms: int) -> dict[str, Any]:
         raise ReportInvalid(
             [Violation("json", text[:80], f"not valid JSON: {exc.msg} at column {exc.colno}")]
         ) from None
+    except RecursionError:
+        obj = None  # deeper than the parser goes: the same answer as the cap below
+        depth = MAX_JSON_DEPTH + 1
+    else:
+        depth = json_depth(obj)
+    if depth > MAX_JSON_DEPTH:
+        raise ReportInvalid(
+            [
+                Violation(
+                    "json",
+                    None,
+                    f"nested more than {MAX_JSON_DEPTH} levels deep; a report is one object "
+                    "whose fields nest 2 levels",
+                )
+            ]
+        )
     return parse_json_report(obj, now_ms)
 
 
 def publish_lines(
-    lines: Iterable[str],
+    lines: Iterable[str | Oversized],
     sink: ReportSink | None,
     on_invalid: Callable[[int, list[Violation]], None],
     now_ms: Callable[[], int] = wall_clock_ms,
     on_line: Callable[[int], None] | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> PublishSummary:
     """Validate each line and publish the valid ones; ``sink`` None is a dry run.
 
     Line numbers count from 1 and include blank lines (which are skipped), so they match what
     an editor shows. ``on_line`` is told the byte length of each line (for a progress bar).
+    A line over the size cap (an :class:`Oversized` from :func:`read_lines`) or nested too
+    deeply is rejected like any invalid line, and the run goes on with the next one.
     """
     summary = PublishSummary()
     for number, text in enumerate(lines, start=1):
+        if isinstance(text, Oversized):
+            if on_line is not None:
+                on_line(text.size)
+            summary.lines += 1
+            summary.rejected += 1
+            on_invalid(
+                number,
+                [
+                    Violation(
+                        "line",
+                        None,
+                        f"{text.size} bytes, over the {max_line_bytes}-byte cap "
+                        "(QUEUEWATCH_PUBLISH_MAX_LINE_BYTES); one report per line",
+                    )
+                ],
+            )
+            continue
         if on_line is not None:
             on_line(len(text.encode()))
         if not text.strip():
@@ -200,13 +293,18 @@ def run_simulation(
 
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_LINE_BYTES",
+    "Oversized",
     "PublishSummary",
     "ReportSink",
     "SimulationSummary",
     "check_line",
     "defect_payload",
     "format_invalid",
+    "json_depth",
     "publish_lines",
+    "read_lines",
     "run_simulation",
     "wall_clock_ms",
     "write_json_lines",

@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 from queuewatch.aggregator.intake import RawMessage, dead_letter
+from queuewatch.kafka.security import KafkaSecurity
 from queuewatch.sinks.exceptions import SinkError
 from queuewatch.sinks.source import Message
 
@@ -41,7 +42,9 @@ def letter_headers(message: Message, code: str, reason: str, stage: str) -> list
 class KafkaDeadLetters:
     """Sends dead letters with an idempotent, acks=all producer; flush() raises on loss."""
 
-    def __init__(self, bootstrap: str, topic: str, stage: str) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, stage: str, security: KafkaSecurity | None = None
+    ) -> None:
         from kafka import KafkaProducer
 
         self.topic = topic
@@ -55,6 +58,7 @@ class KafkaDeadLetters:
             # holds the source's records whatever its own size limit.
             compression_type="lz4",
             linger_ms=5,
+            **(security or KafkaSecurity()).kafka_python(),
         )
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []

@@ -28,3 +28,7 @@ class RecordRejected(SinkError):
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+
+
+class SinkKafkaError(SinkError):
+    """The sink's consumer cannot reach Kafka, or Kafka refused its login."""

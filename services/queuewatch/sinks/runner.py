@@ -31,6 +31,7 @@ from queuewatch.clickhouse.migrations import migrate
 from queuewatch.clickhouse.query import readonly_client
 from queuewatch.clickhouse.query_server import QueryServer
 from queuewatch.errors import ConfigurationError
+from queuewatch.kafka.security import KafkaSecurity
 from queuewatch.settings import CommonSettings, SinkSettings
 from queuewatch.sinks import raw, windows
 from queuewatch.sinks.checkpoint import Backoff, BatchWriter, Checkpointer, DeadLetters, Transform
@@ -105,6 +106,7 @@ def build_checkpointer(
         on_revoke=lambda: holder[0].revoke() if holder else None,
         client_id=f"queuewatch-{spec.kind}-sink",
         session_timeout_s=settings.sink_session_timeout_s,
+        security=KafkaSecurity.from_settings(common),
     )
     checkpointer = Checkpointer(
         name=f"{spec.kind}-sink",
@@ -205,10 +207,15 @@ def run_sinks(
         for kind in kinds:
             spec = sink_spec(kind, common, settings.sink_max_partitions_per_insert)
             check_partitioning(admin, spec)
-            _report_expired(common.kafka_bootstrap, spec)
+            _report_expired(common.kafka_bootstrap, spec, KafkaSecurity.from_settings(common))
             client = connect(url)
             clients.append(client)
-            letters = KafkaDeadLetters(common.kafka_bootstrap, common.dlq_topic, f"{kind}-sink")
+            letters = KafkaDeadLetters(
+                common.kafka_bootstrap,
+                common.dlq_topic,
+                f"{kind}-sink",
+                KafkaSecurity.from_settings(common),
+            )
             producers.append(letters)
             checkpointers.append(
                 build_checkpointer(spec, common, settings, writer_factory(client, spec), letters)
@@ -248,9 +255,9 @@ def run_sinks(
         raise SinkError(str(failures[0])) from failures[0]
 
 
-def _report_expired(bootstrap: str, spec: SinkSpec) -> None:
+def _report_expired(bootstrap: str, spec: SinkSpec, security: KafkaSecurity) -> None:
     """Commit past records retention deleted before this sink read them, and say so loudly."""
-    gaps = skip_expired(bootstrap, spec.group, spec.topic)  # and commits past them
+    gaps = skip_expired(bootstrap, spec.group, spec.topic, security)  # and commits past them
     if not gaps:
         return
     where = ", ".join(f"partition {p}: {n}" for p, n in sorted(gaps.items()))

@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from queuewatch.kafka.security import KafkaSecurity, RefusalLog, describe_failure
+from queuewatch.sinks.exceptions import SinkKafkaError
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +67,12 @@ class RecordSource(Protocol):
 _NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
 
 
-def topic_id(bootstrap: str, topic: str, client_id: str = "queuewatch-sink") -> str:
+def topic_id(
+    bootstrap: str,
+    topic: str,
+    client_id: str = "queuewatch-sink",
+    security: KafkaSecurity | None = None,
+) -> str:
     """Kafka's UUID of ``topic`` as text, or "" when the broker gives none (before 2.8).
 
     A topic deleted and created again under the same name gets a new id while its offsets
@@ -72,7 +80,11 @@ def topic_id(bootstrap: str, topic: str, client_id: str = "queuewatch-sink") -> 
     """
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{client_id}-admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id=f"{client_id}-admin",
+        **(security or KafkaSecurity()).kafka_python(),
+    )
     try:
         for described in admin.describe_topics([topic]):
             if described.get("name") == topic:
@@ -83,7 +95,9 @@ def topic_id(bootstrap: str, topic: str, client_id: str = "queuewatch-sink") -> 
         admin.close()
 
 
-def skip_expired(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+def skip_expired(
+    bootstrap: str, group: str, topic: str, security: KafkaSecurity | None = None
+) -> dict[int, int]:
     """Move ``group`` past records the broker deleted before it read them; return the counts.
 
     A group whose committed offset is older than a partition's first kept record (retention
@@ -96,7 +110,12 @@ def skip_expired(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     from kafka import KafkaConsumer, TopicPartition
     from kafka.structs import OffsetAndMetadata
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        **(security or KafkaSecurity()).kafka_python(),
+    )
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         firsts = consumer.beginning_offsets(tps)
@@ -133,29 +152,25 @@ class KafkaSource:
         on_revoke: Callable[[], None] | None = None,
         client_id: str = "queuewatch-sink",
         session_timeout_s: float = 10.0,
+        security: KafkaSecurity | None = None,
     ) -> None:
         from kafka import KafkaConsumer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
+        from kafka.errors import KafkaError
 
         self._topic = topic
         self._bootstrap = bootstrap
         self._client_id = client_id
         self._topic_id = ""
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group,
-            client_id=client_id,
-            # The protocol commits after the write; auto-commit would commit on a timer,
-            # before the rows it covers are in ClickHouse.
-            enable_auto_commit=False,
-            # A new group starts at the beginning: the projections are built from the log.
-            auto_offset_reset="earliest",
-            # Room for a ClickHouse outage of a few minutes between polls would be needed
-            # without pause(); with it we poll every backoff step, so the default is fine.
-            max_poll_interval_ms=300_000,
-            session_timeout_ms=int(session_timeout_s * 1000),
-            heartbeat_interval_ms=max(500, int(session_timeout_s * 1000 / 3)),
-        )
+        security = security or KafkaSecurity()
+        self._security = security
+        with RefusalLog() as refusals:
+            try:
+                self._consumer = self._connect(
+                    KafkaConsumer, bootstrap, group, client_id, session_timeout_s, security
+                )
+            except KafkaError as exc:
+                raise SinkKafkaError(describe_failure(bootstrap, security, exc, refusals)) from exc
         revoke = on_revoke
         source = self
 
@@ -169,7 +184,7 @@ class KafkaSource:
                 # subscribed topic causes one: so the id read here is the incarnation
                 # that the records polled until the next assignment come from.
                 try:
-                    source._topic_id = topic_id(bootstrap, topic, client_id)
+                    source._topic_id = topic_id(bootstrap, topic, client_id, security)
                 except Exception as exc:  # a failing callback would break the group join
                     source._topic_id = ""
                     log.warning(
@@ -188,6 +203,32 @@ class KafkaSource:
                 )
 
         self._consumer.subscribe([topic], listener=Listener())
+
+    @staticmethod
+    def _connect(
+        consumer_class: Any,
+        bootstrap: str,
+        group: str,
+        client_id: str,
+        session_timeout_s: float,
+        security: KafkaSecurity,
+    ) -> Any:
+        return consumer_class(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            client_id=client_id,
+            # The protocol commits after the write; auto-commit would commit on a timer,
+            # before the rows it covers are in ClickHouse.
+            enable_auto_commit=False,
+            # A new group starts at the beginning: the projections are built from the log.
+            auto_offset_reset="earliest",
+            # Room for a ClickHouse outage of a few minutes between polls would be needed
+            # without pause(); with it we poll every backoff step, so the default is fine.
+            max_poll_interval_ms=300_000,
+            session_timeout_ms=int(session_timeout_s * 1000),
+            heartbeat_interval_ms=max(500, int(session_timeout_s * 1000 / 3)),
+            **security.kafka_python(),
+        )
 
     def poll(self, timeout_s: float, max_records: int) -> list[Message]:
         """Next records, oldest first per partition."""
