@@ -96,6 +96,9 @@ _IN_FUNCTIONS = frozenset(
     {"in", "notin", "globalin", "globalnotin", "nullin", "notnullin", "globalnullin"}
 )
 
+READ_ONLY_HINT = (
+    "the schema changes only through `queuewatch migrate` and the data only through the sinks"
+)
 UNSUPPORTED_BY_PARSER = 36  # parseQueryToJSON cannot serialise this statement kind
 SYNTAX_ERROR = 62
 
@@ -203,8 +206,7 @@ def decide(ast: dict[str, Any], database: str, denied: frozenset[str] = DENIED_F
     if kind not in ALLOWED_STATEMENTS:
         raise QueryRefusedError(
             f"{_statement_name(kind)} statements are not allowed here: this path only reads "
-            "(SELECT, WITH, UNION, subqueries, SHOW TABLES); the schema changes only through "
-            "`queuewatch migrate` and data only through the sinks"
+            f"(SELECT, WITH, UNION, subqueries, SHOW TABLES); {READ_ONLY_HINT}"
         )
     for node, key in _walk(ast, None):
         _check_node(node, key, database, denied)
@@ -318,10 +320,13 @@ def _statement_refusal(message: str) -> str:
     kind = message.split("'")[1].split("__")[0] if "'" in message else ""
     if "INSERT" in message:
         kind = "InsertQuery"
+    if kind in {"DescribeQuery", "ExistsTableQuery", "ShowCreateTableQuery"}:
+        hint = "`SELECT * FROM system.columns WHERE table = '...'` describes a table"
+    else:
+        hint = READ_ONLY_HINT
     return (
         f"{_statement_name(kind)} statements are not allowed here: this path only reads "
-        "(SELECT, WITH, UNION, subqueries, SHOW TABLES); `SELECT * FROM system.columns WHERE "
-        "table = '...'` describes a table"
+        f"(SELECT, WITH, UNION, subqueries, SHOW TABLES); {hint}"
     )
 
 
