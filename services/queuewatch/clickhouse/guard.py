@@ -99,7 +99,8 @@ _IN_FUNCTIONS = frozenset(
 READ_ONLY_HINT = (
     "the schema changes only through `queuewatch migrate` and the data only through the sinks"
 )
-UNSUPPORTED_BY_PARSER = 36  # parseQueryToJSON cannot serialise this statement kind
+UNSUPPORTED_BY_PARSER = 36
+UNKNOWN_FUNCTION = 46  # parseQueryToJSON cannot serialise this statement kind
 SYNTAX_ERROR = 62
 
 
@@ -188,6 +189,15 @@ def parse(client: Any, sql: str) -> tuple[dict[str, Any], str]:
             ) from exc
         if exc.code == UNSUPPORTED_BY_PARSER:
             raise QueryRefusedError(_statement_refusal(message)) from exc
+        if exc.code == UNKNOWN_FUNCTION:
+            raise ClickHouseError(
+                "this ClickHouse has no parseQueryToJSON (added in 26.8), which the query "
+                "guard needs to read a query before running it; upgrade the server to 26.8 or "
+                "later, or query it with clickhouse-client as its read-only user",
+                exc.code,
+                exc.name,
+                retryable=False,
+            ) from exc
         if exc.code == SYNTAX_ERROR:
             raise ClickHouseError(
                 f"the query is not valid SQL: {message}", exc.code, exc.name, retryable=False
