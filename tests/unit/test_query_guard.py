@@ -175,3 +175,33 @@ def test_limits_are_applied_before_readonly_which_freezes_every_setting() -> Non
     assert settings["max_execution_time"] == 5.0
     assert settings["result_overflow_mode"] == "throw"
     assert settings["timeout_overflow_mode"] == "throw"
+
+
+class FakeServerClient:
+    """What readonly_client reads of a server client: its settings and whether each is fixed."""
+
+    def __init__(self, fixed: set[str]) -> None:
+        from clickhouse_connect.driver.models import SettingDef
+
+        self.server_settings = {
+            name: SettingDef(name, "1", 1 if name in fixed else 0)
+            for name in QueryLimits(1.0, 1, 1, 1).session_settings()
+        }
+        self.applied: dict[str, Any] = {}
+
+    def set_client_setting(self, key: str, value: Any) -> None:
+        self.applied[key] = value
+
+
+def test_on_a_server_the_limits_a_read_only_profile_fixes_are_left_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from queuewatch.clickhouse import query
+
+    fake = FakeServerClient(fixed={"readonly", "max_execution_time"})
+    monkeypatch.setattr(query, "connect", lambda url, database=None, settings=None: fake)
+    limits = QueryLimits(5.0, 1000, 10, 100)
+    query.readonly_client("http://reader@ch:8123", DB, limits)
+    assert "max_execution_time" not in fake.applied and "readonly" not in fake.applied
+    assert fake.applied["max_result_rows"] == 10
+    assert fake.applied["result_overflow_mode"] == "throw"

@@ -15,13 +15,17 @@ a fixed number of them, which bounds how many queries the embedded owner runs at
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 from typing import Any, Literal
 
+from queuewatch.clickhouse import embedded
 from queuewatch.clickhouse.client import clickhouse_errors, connect
 from queuewatch.clickhouse.exceptions import ClickHouseError, QueryServerError
 from queuewatch.clickhouse.guard import QueryGuard, QueryLimits
 from queuewatch.settings import QuerySettings
+
+log = logging.getLogger(__name__)
 
 READONLY = 164
 UNKNOWN_DATABASE = 81
@@ -51,10 +55,25 @@ def limits_from(settings: QuerySettings) -> QueryLimits:
 
 
 def readonly_client(url: str, database: str, limits: QueryLimits | None = None) -> Any:
-    """A client whose session has the query limits and refuses every write or setting change."""
+    """A client whose session has the query limits and refuses every write or setting change.
+
+    On a server whose user already has a read-only profile, the settings that profile fixes
+    cannot be sent (ClickHouse refuses the request); there the profile's own limits hold, and
+    only the settings the user may still change are applied.
+    """
     limits = limits or limits_from(QuerySettings())
+    wanted = limits.session_settings()
     try:
-        return connect(url, database=database, settings=limits.session_settings())
+        if embedded.is_embedded(url):
+            return connect(url, database=database, settings=wanted)
+        client = connect(url, database=database)
+        for key, value in wanted.items():
+            known = client.server_settings.get(key)
+            if known is not None and known.readonly:
+                log.debug("the server's profile fixes %s=%s; keeping it", key, known.value)
+                continue
+            client.set_client_setting(key, value)
+        return client
     except ClickHouseError as exc:
         if exc.code == UNKNOWN_DATABASE:
             raise ClickHouseError(
@@ -172,8 +191,6 @@ def query_projections(
     opened here for this one query (``clickhouse/embedded.py``). Server: a guarded read-only
     session on it.
     """
-    from queuewatch.clickhouse import embedded
-
     settings = settings or QuerySettings()
     limits = limits_from(settings)
     if embedded.is_embedded(url):

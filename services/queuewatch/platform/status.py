@@ -205,9 +205,10 @@ def _clickhouse_status(settings: CommonSettings, report: StatusReport, timeout_s
         f"(SELECT count() FROM {db}.{table} FINAL) AS {table}" for table in MAIN_TABLES
     )
     sql = f"SELECT {columns}"
-    limits = QuerySettings().model_copy(update={"query_max_execution_time_s": timeout_s})
+    # The count must answer within status's own patience, whatever the query limit is.
+    query_settings = QuerySettings().model_copy(update={"query_max_execution_time_s": timeout_s})
     try:
-        body = query_projections(settings.resolved_clickhouse_url, db, sql, "jsonl", limits)
+        body = query_projections(settings.resolved_clickhouse_url, db, sql, "jsonl", query_settings)
     except QueuewatchError as exc:
         report.clickhouse_error = _redact(str(exc))
         report.problems.append(f"ClickHouse: {report.clickhouse_error}")
