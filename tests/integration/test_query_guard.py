@@ -58,6 +58,7 @@ def outfile_attacks(target: Path) -> list[str]:
         f"SELECT 'import os' -- a comment\nINTO OUTFILE '{t}'",
         f"SELECT * FROM (SELECT 'import os') INTO OUTFILE '{t}'",
         f"SELECT 1 UNION ALL SELECT 2 INTO OUTFILE '{t}'",
+        f"SHOW TABLES INTO OUTFILE '{t}'",
     ]
 
 
