@@ -64,6 +64,12 @@ class CommonSettings(BaseSettings):
         "queuewatch-window-sink", description="Consumer group of the window sink."
     )
 
+    stall_timeout_s: float = Field(
+        60.0,
+        description="A processor with lag that applied nothing for this long logs why and exits "
+        "(non-zero, so `up` or Docker restarts it), and `status` shows it STALLED.",
+    )
+
     @property
     def resolved_clickhouse_url(self) -> str:
         """The ClickHouse URL, defaulting to the embedded engine under ``home``."""

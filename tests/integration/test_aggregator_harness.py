@@ -290,6 +290,10 @@ class WindowReader:
             bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
         )
         parts = self.consumer.partitions_for_topic(topic) or set()
+        deadline = time.monotonic() + 30
+        while not parts and time.monotonic() < deadline:  # a new topic's metadata is not there yet
+            time.sleep(0.2)
+            parts = self.consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         self.consumer.assign(tps)
         self.consumer.seek_to_beginning(*tps)

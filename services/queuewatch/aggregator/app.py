@@ -28,6 +28,15 @@ from queuewatch.aggregator.state_codec import decode_state, encode_state
 from queuewatch.aggregator.window_codec import window_encoder
 from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
 from queuewatch.errors import ConfigurationError, QueuewatchError
+from queuewatch.platform.liveness import (
+    Heartbeat,
+    LoopGuard,
+    ProgressWatch,
+    Stall,
+    Steps,
+    exit_stalled,
+    watch_interval,
+)
 from queuewatch.settings import AggregatorSettings, CommonSettings
 
 log = logging.getLogger(__name__)
@@ -111,6 +120,12 @@ class Aggregator:
         self.order = LogOrder(_RESEEK_EVERY_S)
         #: position records of durable batches, sent with the next batch's writes
         self._positions: dict[int, int] = {}
+        #: liveness: the awaits that may hang, and the progress of the input (platform.liveness)
+        self.steps = Steps()
+        self.watch_interval_s = watch_interval(common.stall_timeout_s)
+        self.watch = ProgressWatch(common.stall_timeout_s, self.watch_interval_s)
+        self.heartbeat = Heartbeat(common.home, "aggregator", common.aggregator_group)
+        self.guard = LoopGuard("aggregator", common.stall_timeout_s, self._stalled_loop)
         self.app = self._build_app(partitions)
 
     # --- wiring -------------------------------------------------------------------------------
@@ -166,6 +181,7 @@ class Aggregator:
         app.agent(self.reports, name="aggregate", concurrency=1)(self._agent)
         app.timer(s.aggregator_flush_interval_s)(self._flush_windows)
         app.timer(30.0)(self._log_totals)
+        app.timer(self.watch_interval_s)(self._watch_progress)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
@@ -221,6 +237,8 @@ class Aggregator:
 
     async def _on_shutdown(self, sender: Any, **_: Any) -> None:
         self._stopping = True
+        self.guard.stop()
+        self.heartbeat.remove()
         await self._log_totals()
         try:
             await self._flush_windows()
@@ -235,19 +253,27 @@ class Aggregator:
             s.aggregator_batch_size, s.aggregator_batch_timeout_s
         ):
             checkpoint.hold(events)
+            steps = self.steps
             try:
-                fresh = await self._in_log_order(events)
+                with steps.doing("putting the batch in log order (seeking back over a hole)"):
+                    fresh = await self._in_log_order(events)
                 # Never write a state between an emission's take and its delivery: the state
                 # record must keep marking windows whose emission is not yet durable.
-                async with self._emit_lock:
+                with steps.doing("waiting for a window emission to finish"):
+                    await self._emit_lock.acquire()
+                try:
                     writes = self._process(fresh)
-                    await checkpoint.wait_durable(writes)
+                    with steps.doing("waiting for the broker to acknowledge the batch's writes"):
+                        await checkpoint.wait_durable(writes)
                     self._note_positions(fresh)
+                finally:
+                    self._emit_lock.release()
             except asyncio.CancelledError:
                 raise  # stopping: the batch stays unacked and is replayed on restart
             except BaseException as exc:
                 checkpoint.die_unsafe("processing a batch", exc)
-            await checkpoint.release(stream, events)
+            with steps.doing("acknowledging the batch to faust"):
+                await checkpoint.release(stream, events)
 
     async def _in_log_order(self, events: list[Any]) -> list[Any]:
         """The events to apply: each partition's next offsets, in order (see ``ordering``)."""
@@ -462,7 +488,8 @@ class Aggregator:
                     log.warning("seeking back over a hole failed (%s); retrying", exc)
         if self.changed:
             async with self._emit_lock:
-                await self._emit()
+                with self.steps.doing("emitting windows (waiting for the broker's acks)"):
+                    await self._emit()
         if self._positions:  # traffic stopped after a batch: record where we are
             async with self._emit_lock:
                 try:
@@ -494,6 +521,98 @@ class Aggregator:
                 log.warning("windows not emitted at shutdown (%s); re-emitted on restart", exc)
                 return
             checkpoint.die_unsafe("emitting windows", exc)
+
+    # --- liveness ------------------------------------------------------------------------------
+
+    async def _watch_progress(self) -> None:
+        """Progress or an honest exit (platform.liveness): sample position and lag, judge."""
+        self.guard.beat()
+        self.guard.start()
+        self.watch.begin()
+        try:
+            position, lag, blocked = await asyncio.wait_for(
+                self._sample_progress(), timeout=max(2 * self.watch_interval_s, 5.0)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the broker or faust's consumer thread does not answer
+            position = self.watch.position or 0
+            lag = max(self.watch.lag or 1, 1)
+            why = "no answer in time" if isinstance(exc, TimeoutError) else f"{exc!r}"
+            blocked = f"the input's end offsets cannot be read from Kafka ({why})"
+        stall = self.watch.observe(position, lag, blocked)
+        self.heartbeat.write(
+            self.watch,
+            reason=blocked,
+            details={"owned": sorted(self.order.next), "holes": sorted(self.order.holes)},
+        )
+        if stall is not None:
+            self._stalled(stall)
+
+    async def _sample_progress(self) -> tuple[int, int, str | None]:
+        """(position, lag, what blocks the work) of this worker's share of the reports topic.
+
+        The position is the sum of the owned partitions' next offsets, the lag how far they
+        are from the end. While a rebalance or the state's recovery runs, the restored
+        changelog offsets count as position and the work as pending: a rebalance that never
+        ends is a stall too.
+        """
+        app = self.app
+        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        position = sum(self.order.next.values())
+        blocked = self.steps.blocked(self.watch_interval_s)
+        if app.rebalancing or recovery.in_recovery:
+            restored = sum(o for o in recovery.active_offsets.values() if o and o > 0)
+            pending = 1 + int(recovery.active_remaining_total())
+            return (
+                position + restored,
+                pending,
+                blocked or "a rebalance or the state's recovery from the changelog has not ended",
+            )
+        consumer = app.consumer
+        tps = [tp for tp in consumer.assignment() if tp.topic == self.common.reports_topic]
+        if not tps:
+            return position, 0, blocked
+        ends = await consumer.highwaters(*tps)
+        idle = not self.steps.busy() and (
+            time.monotonic() - self.steps.last_done_at >= self.watch_interval_s
+        )
+        lag = 0
+        unowned = []
+        for tp in tps:
+            end = int(ends.get(tp) or 0)
+            nxt = self.order.next.get(tp.partition)
+            if nxt is None:
+                unowned.append(tp.partition)
+                lag += end
+                continue
+            behind = end - nxt
+            if behind > 0 and idle:
+                # Transaction markers at the end of a partition are offsets no consumer ever
+                # receives: when the client has fetched up to the end and we wait for more,
+                # the partition is caught up.
+                fetched = await consumer.position(tp)
+                if fetched is not None and fetched >= end:
+                    behind = 0
+            lag += max(0, behind)
+        if unowned and not blocked:
+            blocked = (
+                f"partitions {sorted(unowned)} are assigned but were never started at their "
+                "position (did the recovery callback fail? see the log above)"
+            )
+        return position, lag, blocked
+
+    def _stalled(self, stall: Stall) -> None:
+        self.heartbeat.write(self.watch, reason=stall.reason)
+        exit_stalled(
+            "aggregator",
+            f"no report applied for {stall.since_progress_s:.0f} s with lag {stall.lag} "
+            f"(QUEUEWATCH_STALL_TIMEOUT_S={self.common.stall_timeout_s:g}): {stall.reason}; "
+            f"totals {self.totals}",
+        )
+
+    def _stalled_loop(self, reason: str) -> None:
+        exit_stalled("aggregator", f"{reason}: the event loop is blocked")
 
     async def _log_totals(self) -> None:
         log.info("aggregator totals: %s; crossings cached %d", self.totals, len(self.states))

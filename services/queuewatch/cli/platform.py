@@ -74,6 +74,33 @@ def status(
 
 
 @app.command()
+def health(
+    kind: Annotated[
+        str,
+        typer.Argument(help="The processor: aggregator, raw-sink or window-sink."),
+    ],
+) -> None:
+    """Healthcheck of the processors of this home (a container's, for Docker).
+
+    Exits 0 when at least one processor of KIND runs here and its heartbeat is fresh and not
+    stalled; 1 otherwise, with the reason. `queuewatch status` judges the whole pipeline.
+    """
+    from queuewatch.platform.liveness import judge, read_heartbeats
+    from queuewatch.platform.processes import pid_alive
+    from queuewatch.settings import CommonSettings
+
+    settings = CommonSettings()
+    records = [r for r in read_heartbeats(settings.home, pid_alive) if r.kind == kind]
+    if not records:
+        raise fail(f"no running {kind} has written a heartbeat under {settings.home}/health")
+    problems = [why for r in records if (why := judge(r, settings.stall_timeout_s))]
+    if problems:
+        raise fail("; ".join(problems))
+    for r in records:
+        typer.echo(f"{r.kind} pid {r.pid}: {r.state}, lag {r.lag}")
+
+
+@app.command()
 def topics() -> None:
     """Create the missing topics with their configs, then list them."""
     from kafka.errors import KafkaError

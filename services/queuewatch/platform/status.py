@@ -1,9 +1,12 @@
 """``queuewatch status``: is the pipeline healthy, and how far behind is each processor?
 
 Healthy means: the broker answers, every topic exists, ClickHouse answers and its main
-tables can be counted, and, when a ``queuewatch up`` runs on this home, each of its
-children is running (or finished on purpose). Lag is reported, never judged: a processor
-catching up after a restart is behind, not broken.
+tables can be counted, when a ``queuewatch up`` runs on this home each of its children is
+running (or finished on purpose), and no lag stands still. Lag alone is not judged: a
+processor catching up after a restart is behind, not broken. Lag that does not move is:
+a group with lag and no member, or a processor whose heartbeat (``platform.liveness``)
+says it made no progress, or has not been rewritten, for ``QUEUEWATCH_STALL_TIMEOUT_S``.
+Those are shown as STALLED, with the lag and the age of the last progress.
 
 ClickHouse is read through the query path (``clickhouse/query.py``), guarded and limited like
 any `queuewatch query`: on the embedded layout it asks the ``sink all`` process that owns the
@@ -23,6 +26,7 @@ from queuewatch.clickhouse.query import query_projections
 from queuewatch.errors import QueuewatchError
 from queuewatch.platform.broker import quiet_kafka_client_logs
 from queuewatch.platform.home import lock_holder
+from queuewatch.platform.liveness import HeartbeatRecord, judge, read_heartbeats
 from queuewatch.platform.processes import pid_alive
 from queuewatch.settings import CommonSettings, QuerySettings
 
@@ -58,6 +62,8 @@ class StatusReport:
     clickhouse_error: str | None = None
     row_counts: dict[str, int] = field(default_factory=dict)
     supervisor: dict[str, Any] | None = None
+    processors: list[HeartbeatRecord] = field(default_factory=list)
+    stalled: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -108,7 +114,30 @@ def collect(settings: CommonSettings, query_timeout_s: float = 60.0) -> StatusRe
         _kafka_status(settings, report)
     _clickhouse_status(settings, report, query_timeout_s)
     _supervisor_status(settings.home, report)
+    _liveness_status(settings, report)
     return report
+
+
+def _liveness_status(settings: CommonSettings, report: StatusReport) -> None:
+    """STALLED: lag that stands still (see the module docstring)."""
+    now = time.time()
+    lag = {g.group: g for g in report.groups}
+    report.processors = read_heartbeats(settings.home, pid_alive)
+    for record in report.processors:
+        group = lag.get(record.group)
+        if group is None or not group.lag:
+            continue  # nothing waits for it (or its group is not ours to judge)
+        why = judge(record, settings.stall_timeout_s, now)
+        if why is not None:
+            report.stalled.append(record.group)
+            report.problems.append(f"STALLED: {why}; group {record.group} lag {group.lag}")
+    for group in report.groups:
+        if group.lag and group.members == 0 and group.group not in report.stalled:
+            report.stalled.append(group.group)
+            report.problems.append(
+                f"STALLED: group {group.group} has lag {group.lag} on {group.topic} and no "
+                "member consumes it: is its processor running? (`queuewatch up` starts it)"
+            )
 
 
 def _kafka_status(settings: CommonSettings, report: StatusReport) -> None:
@@ -259,12 +288,20 @@ def render_text(report: StatusReport) -> str:
             f"{mark(parts is not None)} topic {name}"
             + (f" ({parts} partitions)" if parts is not None else " missing")
         )
+    now = time.time()
     for g in report.groups:
         never = " (no offsets committed yet)" if g.committed_partitions == 0 else ""
+        stalled = "STALLED " if g.group in report.stalled else "     "
         out.append(
-            f"     group {g.group} on {g.topic}: lag {g.lag}{never}, "
+            f"{stalled}group {g.group} on {g.topic}: lag {g.lag}{never}, "
             f"{g.members} members ({g.state})"
         )
+        for p in report.processors:
+            if p.group == g.group:
+                out.append(
+                    f"       {p.kind} pid {p.pid}: {p.state}, last progress "
+                    f"{p.since_progress_s(now):.0f} s ago, heartbeat {p.age_s(now):.0f} s ago"
+                )
     out.append(
         f"{mark(report.clickhouse_reachable)} ClickHouse {report.clickhouse_url}"
         + (f" ({report.clickhouse_error})" if report.clickhouse_error else "")
