@@ -30,6 +30,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from pathlib import Path
 from typing import Any
 
 from benchmarks import processes
@@ -39,6 +40,7 @@ from benchmarks.kafka_setup import create_topics
 from benchmarks.replay import aggregator_starter, run_ids
 from benchmarks.scenario_sink import sink_env
 from benchmarks.stats import percentile
+from queuewatch.clickhouse.endpoint import socket_path
 from queuewatch.contract.codec import encode
 from queuewatch.contract.schemas import QUEUE_REPORT, default_registry
 
@@ -48,10 +50,10 @@ READY_TIMEOUT_S = 240.0
 
 
 def _query(address: str, sql: str) -> list[dict[str, Any]]:
-    """Rows of ``sql`` through the owner's query endpoint (what `queuewatch query` uses)."""
-    from queuewatch.clickhouse.query_server import routed_query
+    """Rows of ``sql`` through the owner's query socket (what `queuewatch query` uses)."""
+    from queuewatch.clickhouse.endpoint import ask
 
-    body = routed_query(address, sql, "jsonl")
+    body = ask(Path(address), sql, "jsonl")
     return [json.loads(line) for line in body.splitlines() if line.strip()]
 
 
@@ -231,7 +233,7 @@ def one_rate(ctx: Context, rate: int) -> dict[str, Any]:
     topics, group = run_ids(f"e2e{rate}")
     create_topics(ctx.bootstrap, topics.as_roles())
     env = sink_env(ctx, topics, group, str(ctx.work / f"chdb-{group}"))
-    address = env["QUEUEWATCH_QUERY_ADDRESS"]
+    address = str(socket_path(Path(env["QUEUEWATCH_HOME"])))
     sink = processes.start(
         f"e2e-sink-{group}", [ctx.python, "-m", "queuewatch", "sink", "all"], env, ctx.log_dir
     )

@@ -20,7 +20,6 @@ from benchmarks.replay import Topics, probe_message, replay, run_ids
 from benchmarks.stats import median_of_runs
 from queuewatch.contract.codec import encode
 from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
-from queuewatch.platform.broker import free_port
 
 HOUR_MS = 3_600_000
 
@@ -36,7 +35,6 @@ def sink_env(ctx: Context, topics: Topics, group: str, folder: str) -> dict[str,
         "QUEUEWATCH_WINDOWS_TOPIC": topics.windows,
         "QUEUEWATCH_RAW_SINK_GROUP": f"{group}-raw",
         "QUEUEWATCH_WINDOW_SINK_GROUP": f"{group}-windows",
-        "QUEUEWATCH_QUERY_ADDRESS": f"127.0.0.1:{free_port()}",
         "QUEUEWATCH_LOG_LEVEL": "WARNING",
     }
 

@@ -119,11 +119,6 @@ class CommonSettings(BaseSettings):
     window_sink_group: str = Field(
         "queuewatch-window-sink", description="Consumer group of the window sink."
     )
-    query_address: str = Field(
-        "127.0.0.1:8124",
-        description="Where the process that owns the embedded ClickHouse folder answers "
-        "`queuewatch query` (chdb opens a folder in one process only); loopback only.",
-    )
 
     stall_timeout_s: float = Field(
         60.0,
@@ -149,6 +144,51 @@ class CommonSettings(BaseSettings):
     def is_embedded_clickhouse(self) -> bool:
         """True when ClickHouse is the in-process chdb engine (one process per folder)."""
         return self.resolved_clickhouse_url.startswith("chdb://")
+
+
+class QuerySettings(BaseSettings):
+    """The read path (`queuewatch query`, the embedded endpoint, `status`): its limits.
+
+    Every guarded query runs with these as ClickHouse settings and ``readonly=1``, so a query
+    ends by itself and cannot raise its own limits (``clickhouse/guard.py``).
+    """
+
+    model_config = _ENV
+
+    query_max_execution_time_s: float = Field(
+        30.0,
+        description="A query running longer is stopped by ClickHouse (TIMEOUT_EXCEEDED), so "
+        "none holds the engine's threads and memory for ever.",
+    )
+    query_max_memory_bytes: int = Field(
+        1_073_741_824,
+        description="Memory one query may use (1 GiB): the sinks in the same process keep "
+        "room to write.",
+    )
+    query_max_result_rows: int = Field(
+        1_000_000,
+        description="Rows a result may hold; a larger one is refused (TOO_MANY_ROWS_OR_BYTES), "
+        "not cut: add a LIMIT or an aggregate.",
+    )
+    query_max_result_bytes: int = Field(
+        268_435_456,
+        description="Bytes a result may hold (256 MiB), so one answer cannot exhaust memory.",
+    )
+    query_concurrency: int = Field(
+        2,
+        description="Queries the embedded owner runs at once (one engine handle each); more "
+        "are told to retry, so the endpoint never starts unbounded threads.",
+    )
+    query_request_max_bytes: int = Field(
+        1_048_576,
+        description="Largest request the embedded endpoint reads (1 MiB of JSON); a longer "
+        "one is refused before it is parsed.",
+    )
+    query_socket_timeout_s: float = Field(
+        10.0,
+        description="How long the endpoint waits for a request to arrive or an answer to be "
+        "read, so a stalled client cannot hold a worker.",
+    )
 
 
 class BrokerSettings(BaseSettings):

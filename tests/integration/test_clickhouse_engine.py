@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from queuewatch.clickhouse.client import connect
-from queuewatch.clickhouse.exceptions import ClickHouseError, MigrationError
+from queuewatch.clickhouse.exceptions import MigrationError, QueryRefusedError
+from queuewatch.clickhouse.guard import QueryLimits
 from queuewatch.clickhouse.migrations import load_migrations, migrate
-from queuewatch.clickhouse.query import readonly_client, run_query
+from queuewatch.clickhouse.query import GuardedReader, readonly_client
 from queuewatch.resources import migrations_dir
 from queuewatch.sinks import raw
 from queuewatch.sinks.windows import window_columns
@@ -23,6 +24,7 @@ from queuewatch.sinks.writer import ClickHouseWriter
 pytestmark = pytest.mark.integration
 
 DB = "qw_test"
+LIMITS = QueryLimits(30.0, 1 << 30, 10_000, 1 << 24)
 
 
 @pytest.fixture
@@ -123,13 +125,13 @@ def test_replayed_insert_with_the_same_token_is_dropped_by_clickhouse(client: An
     assert client.query(f"SELECT count() FROM {DB}.queue_reports FINAL").result_rows == [(50,)]
 
 
-def test_readonly_client_reads_and_clickhouse_refuses_its_writes(
+def test_readonly_client_reads_and_refuses_writes_at_the_guard_and_in_clickhouse(
     client: Any, chdb_url: str
 ) -> None:
     migrate(client, DB)
-    reader = readonly_client(chdb_url, DB)
+    reader = GuardedReader(readonly_client(chdb_url, DB, LIMITS), DB, LIMITS)
     try:
-        answer = run_query(reader, "SELECT count() AS n FROM queue_reports;", "jsonl")
+        answer = reader.run("SELECT count() AS n FROM queue_reports;", "jsonl")
         assert answer == b'{"n":0}\n'
         for sql in (
             "INSERT INTO queue_reports (event_id) VALUES ('x')",
@@ -139,9 +141,11 @@ def test_readonly_client_reads_and_clickhouse_refuses_its_writes(
             "ALTER TABLE queue_reports DELETE WHERE 1",
             "OPTIMIZE TABLE queue_reports FINAL",
         ):
-            with pytest.raises(ClickHouseError) as caught:
-                run_query(reader, sql, "jsonl")
-            assert caught.value.code == 164 and caught.value.name == "READONLY"
+            with pytest.raises(QueryRefusedError, match="statements are not allowed"):
+                reader.run(sql, "jsonl")
+            # Beneath the guard, the session itself is read-only too.
+            with pytest.raises(Exception, match=r"READONLY|readonly"):
+                reader.client.command(sql)
     finally:
         reader.close()
 

@@ -95,7 +95,6 @@ def environ(kafka: SecureKafka, home: Path, suffix: str, **extra: str) -> dict[s
         QUEUEWATCH_AGGREGATOR_GROUP=f"agg-{suffix}",
         QUEUEWATCH_RAW_SINK_GROUP=f"raw-{suffix}",
         QUEUEWATCH_WINDOW_SINK_GROUP=f"win-{suffix}",
-        QUEUEWATCH_QUERY_ADDRESS=f"127.0.0.1:{free_port()}",
         QUEUEWATCH_AGGREGATOR_FLUSH_INTERVAL_S="0.5",
         PYTHONUNBUFFERED="1",
     )

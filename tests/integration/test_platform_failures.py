@@ -29,7 +29,6 @@ def up_env(home: Path, kafka_libs: Path, **extra: str) -> dict[str, str]:
             "QUEUEWATCH_HOME": str(home),
             "QUEUEWATCH_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
             "QUEUEWATCH_KAFKA_CONTROLLER_PORT": str(free_port()),
-            "QUEUEWATCH_QUERY_ADDRESS": f"127.0.0.1:{free_port()}",
             "QUEUEWATCH_KAFKA_LIBS": str(kafka_libs),
             "QUEUEWATCH_KAFKA_HEAP": "256m",
         }

@@ -51,7 +51,19 @@ def status(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
     return result.returncode, json.loads(result.stdout)
 
 
-def test_status_is_healthy_with_topics_and_tables_and_reports_each_groups_lag(
+def commit_to_end(bootstrap: str, group: str, topic: str, partitions: list[int]) -> None:
+    """Commit ``group`` at the end of ``partitions`` (as a processor that read them all)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in partitions]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)  # resolves the lazy seek before the commit
+    consumer.commit()
+    consumer.close()
+
+
+def test_status_reports_each_groups_lag_and_lag_nobody_consumes_is_stalled_until_read(
     env: dict[str, str], bootstrap: str, unique: str
 ) -> None:
     assert queuewatch(env, "topics").returncode == 0
@@ -63,24 +75,30 @@ def test_status_is_healthy_with_topics_and_tables_and_reports_each_groups_lag(
     producer.close()
 
     # The raw sink's group has read and committed partition 0 (two events) only.
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=f"raw-{unique}", enable_auto_commit=False
-    )
-    tp = TopicPartition(f"reports-{unique}", 0)
-    consumer.assign([tp])
-    consumer.seek_to_end(tp)
-    assert consumer.position(tp) == 2  # resolves the lazy seek before the commit
-    consumer.commit()
-    consumer.close()
+    commit_to_end(bootstrap, f"raw-{unique}", f"reports-{unique}", [0])
 
     code, report = status(env)
-    assert code == 0, report["problems"]
-    assert report["healthy"] is True
     assert report["topics"] == {f"reports-{unique}": 3, f"dlq-{unique}": 3, f"windows-{unique}": 3}
     lags = {g["group"]: g["lag"] for g in report["groups"]}
     assert lags == {f"agg-{unique}": 5, f"raw-{unique}": 3, f"win-{unique}": 0}
     assert report["clickhouse_reachable"] is True
     assert report["row_counts"] == {"queue_reports": 0, "crossing_windows": 0}
+    # No processor runs: that lag stands still, and status must not call it healthy.
+    assert code == 1
+    assert report["healthy"] is False
+    assert sorted(report["stalled"]) == [f"agg-{unique}", f"raw-{unique}"]
+    assert any(
+        f"STALLED: group raw-{unique} has lag 3 on reports-{unique} and no member" in p
+        for p in report["problems"]
+    ), report["problems"]
+
+    # Once the groups have read everything, the same pipeline is healthy.
+    commit_to_end(bootstrap, f"agg-{unique}", f"reports-{unique}", [0, 1, 2])
+    commit_to_end(bootstrap, f"raw-{unique}", f"reports-{unique}", [0, 1, 2])
+    code, report = status(env)
+    assert code == 0, report["problems"]
+    assert report["healthy"] is True
+    assert report["stalled"] == []
 
 
 def test_status_with_a_missing_topic_is_unhealthy_and_names_it(

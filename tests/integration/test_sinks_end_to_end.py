@@ -139,13 +139,13 @@ def test_query_output_formats_are_keyed_jsonl_csv_with_header_and_a_table(loaded
     assert "one" in table.stdout and "1" in table.stdout
 
 
-def test_query_that_writes_is_refused_by_clickhouse_readonly(loaded: Loaded) -> None:
+def test_query_that_writes_is_refused_by_the_guard(loaded: Loaded) -> None:
     done = query(loaded.env, "INSERT INTO queue_reports (event_id) VALUES ('x')")
     assert done.returncode == 1
-    assert "164 READONLY" in done.stderr
+    assert "query refused: INSERT statements are not allowed" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     dropped = query(loaded.env, "DROP TABLE queue_reports")
-    assert dropped.returncode == 1 and "READONLY" in dropped.stderr
+    assert dropped.returncode == 1 and "DROP statements are not allowed" in dropped.stderr
     still = query_rows(loaded.env, "SELECT count() AS n FROM queue_reports FINAL")
     assert still[0]["n"] == len(loaded.reports.expected)
 

@@ -27,7 +27,6 @@ from kafka.structs import OffsetAndMetadata
 from queuewatch.contract.codec import encode
 from queuewatch.contract.schemas import CROSSING_WINDOW, QUEUE_REPORT, default_registry
 from queuewatch.kafka.topics import TopicSpec, ensure_topics
-from queuewatch.platform.broker import free_port
 
 #: Generous: two cores are shared by several test suites at once.
 CATCH_UP_TIMEOUT_S = 150.0
@@ -63,9 +62,6 @@ class SinkEnv:
     def window_group(self) -> str:
         return f"window-sink-{self.suffix}"
 
-    def __post_init__(self) -> None:
-        self.query_address = f"127.0.0.1:{free_port()}"
-
     def environ(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUEWATCH_")}
         env.update(
@@ -77,7 +73,6 @@ class SinkEnv:
             QUEUEWATCH_DLQ_TOPIC=self.dlq_topic,
             QUEUEWATCH_RAW_SINK_GROUP=self.raw_group,
             QUEUEWATCH_WINDOW_SINK_GROUP=self.window_group,
-            QUEUEWATCH_QUERY_ADDRESS=self.query_address,
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra)

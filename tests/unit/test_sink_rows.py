@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from queuewatch.clickhouse.client import chdb_folder, wrap_error
+from queuewatch.clickhouse.client import wrap_error
+from queuewatch.clickhouse.embedded import chdb_folder
 from queuewatch.clickhouse.exceptions import ClickHouseError, EngineBusyError, MigrationError
 from queuewatch.clickhouse.migrations import load_migrations, render, split_statements
 from queuewatch.contract.codec import encode

@@ -30,8 +30,8 @@ class FormatChoice(StrEnum):
 @app.command()
 def migrate() -> None:
     """Apply the ClickHouse migrations in infra/clickhouse/ that are not applied yet."""
-    from queuewatch.clickhouse import ownership
-    from queuewatch.clickhouse.client import chdb_folder, connect, is_embedded
+    from queuewatch.clickhouse import embedded
+    from queuewatch.clickhouse.client import connect
     from queuewatch.clickhouse.migrations import migrate as apply
     from queuewatch.errors import QueuewatchError
     from queuewatch.settings import CommonSettings
@@ -40,15 +40,15 @@ def migrate() -> None:
     setup_logging(common.log_level)
     url = common.resolved_clickhouse_url
     try:
-        if is_embedded(url):
-            owner = ownership.current_owner(chdb_folder(url))
+        if embedded.is_embedded(url):
+            owner = embedded.current_owner(embedded.chdb_folder(url))
             if owner is not None:
                 typer.echo(
                     f"the embedded ClickHouse is owned by process {owner.pid}, which applied "
                     "the migrations when it started; nothing to do"
                 )
                 return
-            lock = ownership.acquire(chdb_folder(url), "", wait_s=ownership.OWNER_WAIT_S)
+            lock = embedded.acquire(embedded.chdb_folder(url), wait_s=embedded.OWNER_WAIT_S)
         else:
             lock = None
         try:
@@ -75,17 +75,25 @@ def query(
         typer.Option("--format", "-f", help="table, jsonl (one object per row) or csv."),
     ] = FormatChoice.table,
 ) -> None:
-    """Run read-only SQL against the projections (ClickHouse refuses writes: readonly=1)."""
+    """Run one read-only SELECT against the projections, within the QUEUEWATCH_QUERY_* limits.
+
+    The query guard refuses anything else (writes, files, table functions, SETTINGS) with the
+    reason; see docs/security.md.
+    """
     from queuewatch.clickhouse.query import query_projections
     from queuewatch.errors import QueuewatchError
-    from queuewatch.settings import CommonSettings
+    from queuewatch.settings import CommonSettings, QuerySettings
 
     common = CommonSettings()
     setup_logging("WARNING")
     text = sys.stdin.read() if sql == "-" else sql
     try:
         body = query_projections(
-            common.resolved_clickhouse_url, common.clickhouse_database, text, output.value
+            common.resolved_clickhouse_url,
+            common.clickhouse_database,
+            text,
+            output.value,
+            QuerySettings(),
         )
     except QueuewatchError as exc:
         raise fail(exc) from None

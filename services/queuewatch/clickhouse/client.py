@@ -9,7 +9,6 @@ can tell an outage (retry) from a bug (stop).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import re
 import threading
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from queuewatch.clickhouse.embedded import chdb_folder, is_embedded, refuse_if_open_elsewhere
 from queuewatch.clickhouse.exceptions import (
     REFUSED_ROW_CODES,
     ClickHouseError,
@@ -25,28 +25,13 @@ from queuewatch.clickhouse.exceptions import (
 )
 from queuewatch.errors import ConfigurationError
 
-#: The embedded engine runs inside this process; clickhouse-connect clients are not
-#: thread-safe and one chdb engine serves every client of the process, so every call on an
-#: embedded client holds this lock (a server needs no such care, but taking it is harmless).
+#: Writes and schema changes on the engine take this lock: the sinks' inserts and the
+#: migrations run one at a time. Reads never take it (``clickhouse/query.py``): chdb runs
+#: statements of different connection handles at once, so a query does not stop the sinks.
 ENGINE_LOCK = threading.RLock()
 
 _CODE_RE = re.compile(r"Code: (\d+)\.")
 _NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]+)\)\s*(?:\(version [^)]*\))?\s*$")
-
-
-def is_embedded(url: str) -> bool:
-    """True for ``chdb://`` URLs: the engine runs in this process."""
-    return url.startswith("chdb:")
-
-
-def chdb_folder(url: str) -> Path:
-    """The folder of an embedded ``chdb://PATH`` URL (absolute, or relative to the cwd)."""
-    path = url.removeprefix("chdb://").split("?", 1)[0]
-    if not path or path in {"memory", ":memory:"}:
-        raise ConfigurationError(
-            f"{url} is not an on-disk folder; use chdb:///absolute/path for queuewatch"
-        )
-    return Path(path).resolve()
 
 
 def wrap_error(exc: BaseException, doing: str) -> ClickHouseError:
@@ -126,7 +111,7 @@ def connect(url: str, database: str | None = None, settings: dict[str, Any] | No
         folder = chdb_folder(url)
         folder.mkdir(parents=True, exist_ok=True)
         if folder not in _OPENED_HERE:
-            _refuse_if_open_elsewhere(folder)
+            refuse_if_open_elsewhere(folder)
         url = f"chdb://{folder}"
     with ENGINE_LOCK, clickhouse_errors(f"connecting to {redact(url)}"):
         client = clickhouse_connect.get_client(dsn=url, database=database, settings=settings)
@@ -135,30 +120,9 @@ def connect(url: str, database: str | None = None, settings: dict[str, Any] | No
     return client
 
 
-#: Embedded folders this process has opened: its own engine holds their lock, so the check
-#: below would see this very process as "another" one.
+#: Embedded folders this process has opened: its own engine holds their lock, so the busy
+#: check would see this very process as "another" one.
 _OPENED_HERE: set[Path] = set()
-
-
-def _refuse_if_open_elsewhere(folder: Path) -> None:
-    """Fail with one clear line when another process has the engine folder open.
-
-    The engine locks ``<folder>/status`` with flock while it runs. Checking that lock first
-    spares the user the engine's own multi-line complaint on stderr.
-    """
-    status = folder / "status"
-    if not status.exists():
-        return
-    with status.open("rb") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EngineBusyError(
-                f"the embedded ClickHouse folder {folder} is open in another process "
-                "(chdb allows one process per folder) that does not answer `queuewatch "
-                "query`; stop that process and retry"
-            ) from None
-        fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def redact(url: str) -> str:

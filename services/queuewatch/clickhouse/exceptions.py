@@ -122,3 +122,16 @@ class MigrationError(ClickHouseError):
 
 class QueryServerError(QueuewatchError):
     """The process owning the embedded folder did not answer a routed query."""
+
+
+class QueryRefusedError(ClickHouseError):
+    """The query guard refused a query before it reached the engine (``clickhouse/guard.py``).
+
+    The message names the construct, why it is refused and what to do instead.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, None, "QUERY_REFUSED", retryable=False)
+
+    def __str__(self) -> str:
+        return f"query refused: {self.args[0]}"

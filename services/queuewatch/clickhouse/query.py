@@ -1,21 +1,38 @@
-"""Read-only SQL for people: `queuewatch query`, run by ClickHouse with ``readonly=1``.
+"""Read-only SQL for people: `queuewatch query`, the embedded endpoint and `status` read here.
 
-Writes are refused by ClickHouse itself (code 164 READONLY), not by parsing the statement
-here, so no clever SQL gets past it. Output is rendered by ClickHouse's own formats, so
-types print as ClickHouse prints them.
+Every query passes the guard (``clickhouse/guard.py``: ClickHouse's parser and an allow-list)
+and then runs on a session with the limits of ``QuerySettings`` and ``readonly=1``, so a write
+is refused twice: at the door by the guard, and by ClickHouse (code 164 READONLY) should
+anything get past it. Output is rendered by ClickHouse's own formats, so types print as
+ClickHouse prints them.
+
+Reads never take ``ENGINE_LOCK``: chdb runs statements of different connection handles of one
+process at the same time, so a long query does not hold back the sinks' inserts (measured in
+``docs/security.md``). Each read-only client is its own handle; :class:`QueryService` keeps
+a fixed number of them, which bounds how many queries the embedded owner runs at once.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
+import logging
+import queue
 from typing import Any, Literal
 
-from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors, connect
-from queuewatch.clickhouse.exceptions import ClickHouseError, EngineBusyError, QueryServerError
-from queuewatch.errors import ConfigurationError
+from queuewatch.clickhouse import embedded
+from queuewatch.clickhouse.client import clickhouse_errors, connect
+from queuewatch.clickhouse.exceptions import ClickHouseError, QueryServerError
+from queuewatch.clickhouse.guard import QueryGuard, QueryLimits
+from queuewatch.settings import QuerySettings
+
+log = logging.getLogger(__name__)
 
 READONLY = 164
 UNKNOWN_DATABASE = 81
+TIMEOUT_EXCEEDED = 159
+#: How much longer than its own time limit a caller waits for the owner's answer: the time to
+#: queue for a free reader and to send the result back.
+ANSWER_MARGIN_S = 30.0
 
 OutputFormat = Literal["table", "jsonl", "csv"]
 
@@ -26,19 +43,37 @@ CLICKHOUSE_FORMATS: dict[str, str] = {
     "csv": "CSVWithNames",
 }
 
-#: Session settings of every query client. Order matters on the embedded engine, where they
-#: are applied one by one with SET: once readonly=1 is set, no setting may change.
-READONLY_SETTINGS: dict[str, Any] = {
-    # 64-bit integers as JSON numbers, not strings, so jsonl rows are plain JSON objects.
-    "output_format_json_quote_64bit_integers": 0,
-    "readonly": 1,
-}
+
+def limits_from(settings: QuerySettings) -> QueryLimits:
+    """The limits every guarded query runs with, from the QUEUEWATCH_QUERY_* settings."""
+    return QueryLimits(
+        max_execution_time_s=settings.query_max_execution_time_s,
+        max_memory_bytes=settings.query_max_memory_bytes,
+        max_result_rows=settings.query_max_result_rows,
+        max_result_bytes=settings.query_max_result_bytes,
+    )
 
 
-def readonly_client(url: str, database: str) -> Any:
-    """A client whose session refuses every statement that writes or changes settings."""
+def readonly_client(url: str, database: str, limits: QueryLimits | None = None) -> Any:
+    """A client whose session has the query limits and refuses every write or setting change.
+
+    On a server whose user already has a read-only profile, the settings that profile fixes
+    cannot be sent (ClickHouse refuses the request); there the profile's own limits hold, and
+    only the settings the user may still change are applied.
+    """
+    limits = limits or limits_from(QuerySettings())
+    wanted = limits.session_settings()
     try:
-        return connect(url, database=database, settings=dict(READONLY_SETTINGS))
+        if embedded.is_embedded(url):
+            return connect(url, database=database, settings=wanted)
+        client = connect(url, database=database)
+        for key, value in wanted.items():
+            known = client.server_settings.get(key)
+            if known is not None and known.readonly:
+                log.debug("the server's profile fixes %s=%s; keeping it", key, known.value)
+                continue
+            client.set_client_setting(key, value)
+        return client
     except ClickHouseError as exc:
         if exc.code == UNKNOWN_DATABASE:
             raise ClickHouseError(
@@ -51,71 +86,130 @@ def readonly_client(url: str, database: str) -> Any:
         raise
 
 
-def query_projections(url: str, database: str, sql: str, output: OutputFormat) -> bytes:
-    """Run read-only ``sql`` wherever the data is; what `queuewatch query` (and status) use.
+class GuardedReader:
+    """One read-only client and the guard made for its engine: runs one query at a time."""
 
-    Embedded: routed to the process that owns the folder when one runs, else the folder is
-    opened here. Server: a read-only session on it.
-    """
-    from queuewatch.clickhouse import ownership
-    from queuewatch.clickhouse.client import chdb_folder, is_embedded
-    from queuewatch.clickhouse.query_server import routed_query
+    def __init__(self, client: Any, database: str, limits: QueryLimits) -> None:
+        self.client = client
+        self.limits = limits
+        self.guard = QueryGuard.for_client(client, database)
 
-    lock = None
-    if is_embedded(url):
-        folder = chdb_folder(url)
-        if not folder.is_dir():
-            raise ConfigurationError(
-                f"no embedded ClickHouse at {folder}; run `queuewatch migrate` or "
-                "`queuewatch up` first, or set QUEUEWATCH_CLICKHOUSE_URL"
-            )
-        # Route to the owner, or take the folder for this one statement. A holder without a
-        # query address is an owner starting up or another short query: wait for it.
-        deadline = time.monotonic() + ownership.OWNER_WAIT_S
-        while lock is None:
-            owner = ownership.current_owner(folder)
-            if owner is not None and owner.query_address:
-                return routed_query(owner.query_address, sql, output)
-            if owner is None:
-                try:
-                    lock = ownership.acquire(folder, "")
-                    break
-                except EngineBusyError:
-                    pass  # taken between the look and the grab: look again
-            if time.monotonic() >= deadline:
-                holder = owner.pid if owner else "another process"
-                raise QueryServerError(
-                    f"the embedded ClickHouse folder is open in process {holder}, "
-                    "which does not answer queries (it may be starting or migrating); "
-                    "retry in a moment"
-                )
-            time.sleep(0.1)
-    try:
-        client = readonly_client(url, database)
+    def run(self, sql: str, output: OutputFormat) -> bytes:
+        """Check ``sql`` with the guard, run what was checked, return it rendered in ``output``."""
+        checked = self.guard.check(self.client, sql)
+        fmt = CLICKHOUSE_FORMATS[output]
         try:
-            return run_query(client, sql, output)
-        finally:
-            client.close()
-    finally:
-        if lock is not None:
-            lock.release()
+            with clickhouse_errors("running the query"):
+                body = self.client.raw_query(checked.text, fmt=fmt)
+        except ClickHouseError as exc:
+            raise self._explained(exc) from exc
+        return bytes(body)
 
+    def close(self) -> None:
+        """Close the client (its engine handle)."""
+        self.client.close()
 
-def run_query(client: Any, sql: str, output: OutputFormat) -> bytes:
-    """Run ``sql`` on a read-only client and return it rendered in ``output``."""
-    statement = sql.strip().rstrip(";").strip()
-    fmt = CLICKHOUSE_FORMATS[output]
-    try:
-        with ENGINE_LOCK, clickhouse_errors("running the query"):
-            body = client.raw_query(statement, fmt=fmt)
-    except ClickHouseError as exc:
+    def _explained(self, exc: ClickHouseError) -> ClickHouseError:
         if exc.code == READONLY:
-            raise ClickHouseError(
-                "`queuewatch query` is read-only and ClickHouse refused a statement that writes "
-                "or changes settings; the schema changes only through `queuewatch migrate`",
+            return ClickHouseError(
+                "`queuewatch query` is read-only and ClickHouse refused a statement that "
+                "writes or changes settings; the schema changes only through `queuewatch "
+                "migrate`",
                 exc.code,
                 exc.name,
                 retryable=False,
-            ) from exc
-        raise
-    return bytes(body)
+            )
+        if exc.code == TIMEOUT_EXCEEDED:
+            return ClickHouseError(
+                f"the query ran longer than {self.limits.max_execution_time_s:g} s and was "
+                "stopped; narrow it (a WHERE on time, a LIMIT) or raise "
+                "QUEUEWATCH_QUERY_MAX_EXECUTION_TIME_S for the process that runs it",
+                exc.code,
+                exc.name,
+                retryable=False,
+            )
+        return exc
+
+
+class QueryService:
+    """A fixed pool of guarded readers: what the embedded endpoint runs queries with.
+
+    ``concurrency`` readers, each its own engine handle; a query waits at most ``wait_s`` for
+    a free one, then is told to retry. No query ever waits for a sink write, and a sink write
+    never waits for a query.
+    """
+
+    def __init__(self, url: str, database: str, settings: QuerySettings) -> None:
+        self._idle: queue.Queue[GuardedReader] = queue.Queue()
+        self._readers: list[GuardedReader] = []
+        self._wait_s = settings.query_socket_timeout_s
+        limits = limits_from(settings)
+        try:
+            for _ in range(max(1, settings.query_concurrency)):
+                reader = GuardedReader(readonly_client(url, database, limits), database, limits)
+                self._readers.append(reader)
+                self._idle.put(reader)
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, sql: str, output: str) -> bytes:
+        """Run one guarded query on a free reader; QueryServerError when all stay busy."""
+        if output not in CLICKHOUSE_FORMATS:
+            raise QueryServerError(f"format must be one of {', '.join(CLICKHOUSE_FORMATS)}")
+        try:
+            reader = self._idle.get(timeout=self._wait_s)
+        except queue.Empty:
+            raise QueryServerError(
+                f"{len(self._readers)} queries are already running on the embedded ClickHouse "
+                f"and none ended within {self._wait_s:g} s; retry later, or raise "
+                "QUEUEWATCH_QUERY_CONCURRENCY"
+            ) from None
+        try:
+            return reader.run(sql, output)  # type: ignore[arg-type]  # checked above
+        finally:
+            self._idle.put(reader)
+
+    def close(self) -> None:
+        """Close every reader (best effort: the process is stopping)."""
+        for reader in self._readers:
+            # Closing at shutdown must not mask why the process stops.
+            with contextlib.suppress(Exception):
+                reader.close()
+
+
+def query_projections(
+    url: str,
+    database: str,
+    sql: str,
+    output: OutputFormat,
+    settings: QuerySettings | None = None,
+) -> bytes:
+    """Run read-only ``sql`` wherever the data is; what `queuewatch query` and `status` use.
+
+    Embedded: sent to the process that owns the folder when one runs, else the folder is
+    opened here for this one query (``clickhouse/embedded.py``). Server: a guarded read-only
+    session on it.
+    """
+    settings = settings or QuerySettings()
+    limits = limits_from(settings)
+    if embedded.is_embedded(url):
+        return embedded.query(
+            url,
+            sql,
+            output,
+            lambda: _run_once(url, database, sql, output, limits),
+            # The owner stops the query by its own limit; this only catches a hung owner.
+            answer_timeout_s=limits.max_execution_time_s + ANSWER_MARGIN_S,
+        )
+    return _run_once(url, database, sql, output, limits)
+
+
+def _run_once(
+    url: str, database: str, sql: str, output: OutputFormat, limits: QueryLimits
+) -> bytes:
+    reader = GuardedReader(readonly_client(url, database, limits), database, limits)
+    try:
+        return reader.run(sql, output)
+    finally:
+        reader.close()

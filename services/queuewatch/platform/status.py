@@ -8,27 +8,27 @@ a group with lag and no member, or a processor whose heartbeat (``platform.liven
 says it made no progress, or has not been rewritten, for ``QUEUEWATCH_STALL_TIMEOUT_S``.
 Those are shown as STALLED, with the lag and the age of the last progress.
 
-ClickHouse is reached through ``queuewatch query``, never directly: on the embedded layout
-the folder belongs to the ``sink all`` process, and ``query`` knows how to reach it.
+ClickHouse is read through the query path (``clickhouse/query.py``), guarded and limited like
+any `queuewatch query`: on the embedded layout it asks the ``sink all`` process that owns the
+folder, on its Unix socket.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from queuewatch.clickhouse.query import query_projections
+from queuewatch.errors import QueuewatchError
 from queuewatch.platform.broker import quiet_kafka_client_logs
 from queuewatch.platform.home import lock_holder
 from queuewatch.platform.liveness import HeartbeatRecord, judge, read_heartbeats
 from queuewatch.platform.processes import pid_alive
-from queuewatch.settings import CommonSettings, redact_url
+from queuewatch.settings import CommonSettings, QuerySettings, redact_url
 
 #: The tables whose row counts status shows (read with FINAL: one row per key).
 MAIN_TABLES = ("queue_reports", "crossing_windows")
@@ -277,26 +277,16 @@ def _clickhouse_status(settings: CommonSettings, report: StatusReport, timeout_s
     columns = ", ".join(
         f"(SELECT count() FROM {db}.{table} FINAL) AS {table}" for table in MAIN_TABLES
     )
-    env = dict(os.environ)
-    env["QUEUEWATCH_HOME"] = str(settings.home)
-    # As configured: a password from QUEUEWATCH_CLICKHOUSE_PASSWORD_FILE stays in its file.
-    env["QUEUEWATCH_CLICKHOUSE_URL"] = _configured_clickhouse_url(settings)
-    cmd = [sys.executable, "-m", "queuewatch", "query", f"SELECT {columns}", "--format", "jsonl"]
+    sql = f"SELECT {columns}"
+    # The count must answer within status's own patience, whatever the query limit is.
+    query_settings = QuerySettings().model_copy(update={"query_max_execution_time_s": timeout_s})
     try:
-        result = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-    except subprocess.TimeoutExpired:
-        report.clickhouse_error = f"`queuewatch query` did not answer within {timeout_s:.0f} s"
-        report.problems.append(f"ClickHouse does not answer: {report.clickhouse_error}")
-        return
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        last = lines[-1] if lines else f"exit status {result.returncode}"
-        report.clickhouse_error = last.removeprefix("queuewatch: error: ")
+        body = query_projections(settings.resolved_clickhouse_url, db, sql, "jsonl", query_settings)
+    except QueuewatchError as exc:
+        report.clickhouse_error = _redact(str(exc))
         report.problems.append(f"ClickHouse: {report.clickhouse_error}")
         return
-    rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    rows = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
     if not rows:
         report.clickhouse_error = "the count query returned no row"
         report.problems.append(f"ClickHouse: {report.clickhouse_error}")

@@ -5,7 +5,7 @@ half-started:
 
 1. Make sure ``$QUEUEWATCH_HOME`` is writable and take its lock (one ``up`` per home).
 2. Check what would fail later: the embedded ClickHouse folder is not open elsewhere and
-   the port ``queuewatch query`` uses is free.
+   no other user may write ``$QUEUEWATCH_HOME``, where ``queuewatch query``'s socket lives.
 3. Kafka: on a remote bootstrap address, require that it answers. On this machine, use the
    broker that answers there, or start one (fetching its jars with Maven if missing) with
    its log under ``$QUEUEWATCH_HOME/kafka``, kept across runs.
@@ -32,6 +32,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from queuewatch.clickhouse import embedded
+from queuewatch.clickhouse.endpoint import check_socket_folder, socket_path
 from queuewatch.errors import ConfigurationError, QueuewatchError
 from queuewatch.platform.broker import (
     BrokerError,
@@ -45,12 +47,7 @@ from queuewatch.platform.broker import (
 )
 from queuewatch.platform.children import ChildSpec, command_exists, process_plan
 from queuewatch.platform.home import HomeLock, prepare_home
-from queuewatch.platform.preflight import (
-    bootstrap_is_local,
-    check_chdb_folder_free,
-    check_query_port_free,
-    check_remote_kafka,
-)
+from queuewatch.platform.preflight import bootstrap_is_local, check_remote_kafka
 from queuewatch.platform.processes import SUPERVISOR_PID_ENV, describe_exit
 from queuewatch.platform.supervisor import Supervisor
 from queuewatch.resources import REPO_ROOT
@@ -118,9 +115,9 @@ class UpRun:
     def _start(self, home: Path) -> None:
         plan = self._plan()
         url = self.settings.resolved_clickhouse_url
-        check_chdb_folder_free(url)  # migrate and sink all would both fail on it later
+        embedded.check_free(url)  # migrate and sink all would both fail on it later
         if any(spec.args == ("sink", "all") for spec in plan):
-            check_query_port_free(self.settings.query_address)
+            check_socket_folder(home)  # where sink all will answer queries
         self._kafka(home)
         self._cancel_point()
         self._topics()
@@ -276,18 +273,19 @@ class UpRun:
         """On the embedded layout, wait until the folder's owner answers queries."""
         if not any(spec.args == ("sink", "all") for spec in plan):
             return
-        host, port = split_host_port(self.settings.query_address, default_port=8124)
-        deadline = time.monotonic() + QUERY_READY_TIMEOUT_S
-        while time.monotonic() < deadline and not self._stop.is_set():
-            if port_open(host, port):
-                return
-            assert self.supervisor is not None
-            self.supervisor.poll()
-            time.sleep(0.3)
-        if not self._stop.is_set():
+        supervisor = self.supervisor
+        assert supervisor is not None
+
+        def keep_going() -> bool:
+            supervisor.poll()
+            return not self._stop.is_set()
+
+        folder = embedded.chdb_folder(self.settings.resolved_clickhouse_url)
+        answering = embedded.wait_answering(folder, QUERY_READY_TIMEOUT_S, keep_going)
+        if not answering and not self._stop.is_set():
             log.warning(
-                "sink all does not answer queries at %s yet; read %s",
-                self.settings.query_address,
+                "sink all does not answer queries on %s yet; read %s",
+                socket_path(self.settings.home),
                 self.settings.home / "logs" / "sink-all.log",
             )
 
@@ -379,7 +377,7 @@ class UpRun:
         if s.is_embedded_clickhouse:
             ch = (
                 f"{s.resolved_clickhouse_url} (embedded; owned by sink-all, queries via "
-                f"{s.query_address})"
+                f"{socket_path(s.home)})"
             )
         else:
             ch = s.resolved_clickhouse_url.split("@")[-1]

@@ -3,8 +3,9 @@
 Against a server each sink may run as its own process, scaled on its own (same group, more
 members). On the embedded engine one process owns the folder: it takes the folder lock,
 applies the migrations, runs the sinks it was asked for in threads (each with its own
-consumer, group and ClickHouse client; calls on the engine are serialized by ENGINE_LOCK)
-and answers `queuewatch query` on ``QUEUEWATCH_QUERY_ADDRESS`` until SIGTERM or SIGINT.
+consumer, group and ClickHouse client; their writes are serialized by ENGINE_LOCK) and answers
+`queuewatch query` on the Unix socket ``$QUEUEWATCH_HOME/query.sock`` until SIGTERM or SIGINT.
+Queries run on read-only handles of their own and never wait for a write, nor a write for them.
 """
 
 from __future__ import annotations
@@ -18,21 +19,14 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal
 
-from queuewatch.clickhouse import ownership
-from queuewatch.clickhouse.client import (
-    ENGINE_LOCK,
-    chdb_folder,
-    clickhouse_errors,
-    connect,
-    is_embedded,
-    redact,
-)
+from queuewatch.clickhouse import embedded
+from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors, connect, redact
+from queuewatch.clickhouse.endpoint import socket_path
 from queuewatch.clickhouse.migrations import migrate
-from queuewatch.clickhouse.query import readonly_client
-from queuewatch.clickhouse.query_server import QueryServer
+from queuewatch.clickhouse.query import QueryService
 from queuewatch.errors import ConfigurationError
 from queuewatch.kafka.security import KafkaSecurity
-from queuewatch.settings import CommonSettings, SinkSettings
+from queuewatch.settings import CommonSettings, QuerySettings, SinkSettings
 from queuewatch.sinks import raw, windows
 from queuewatch.sinks.checkpoint import Backoff, BatchWriter, Checkpointer, DeadLetters, Transform
 from queuewatch.sinks.dead_letters import KafkaDeadLetters
@@ -168,10 +162,12 @@ def run_sinks(
     settings: SinkSettings | None = None,
     stop: threading.Event | None = None,
     writer_factory: WriterFactory = default_writer,
+    query_settings: QuerySettings | None = None,
 ) -> None:
     """Run the given sinks until ``stop`` (or SIGTERM/SIGINT); raise SinkError on failure."""
     common = common or CommonSettings()
     settings = settings or SinkSettings()
+    query_settings = query_settings or QuerySettings()
     stop = stop or threading.Event()
     # Before anything answers: once `queuewatch query` works, a supervisor may stop this
     # process at any moment, and SIGTERM must then mean "flush and exit 0", not death by
@@ -181,16 +177,17 @@ def run_sinks(
         # kafka-python logs every connection at INFO; our own lines are what an operator needs.
         logging.getLogger("kafka").setLevel(logging.WARNING)
     url = common.resolved_clickhouse_url
-    embedded = is_embedded(url)
+    is_embedded = embedded.is_embedded(url)
+    query_socket = socket_path(common.home)
     lock = (
         # A `queuewatch query` or `migrate` may hold the folder for a moment: wait it out.
-        ownership.acquire(chdb_folder(url), common.query_address, wait_s=ownership.OWNER_WAIT_S)
-        if embedded
+        embedded.acquire(embedded.chdb_folder(url), str(query_socket), wait_s=embedded.OWNER_WAIT_S)
+        if is_embedded
         else None
     )
     clients: list[Any] = []
     producers: list[KafkaDeadLetters] = []
-    server: QueryServer | None = None
+    service: QueryService | None = None
     threads: list[threading.Thread] = []
     failures: list[BaseException] = []
     try:
@@ -220,12 +217,16 @@ def run_sinks(
             checkpointers.append(
                 build_checkpointer(spec, common, settings, writer_factory(client, spec), letters)
             )
-        if embedded:
-            query_client = readonly_client(url, common.clickhouse_database)
-            clients.append(query_client)
-            server = QueryServer(common.query_address, query_client)
-            server.start()
-            log.info("answering `queuewatch query` on %s", common.query_address)
+        if lock is not None:
+            service = QueryService(url, common.clickhouse_database, query_settings)
+            lock.serve(
+                query_socket,
+                service.run,
+                workers=query_settings.query_concurrency,
+                request_max_bytes=query_settings.query_request_max_bytes,
+                timeout_s=query_settings.query_socket_timeout_s,
+            )
+            log.info("answering `queuewatch query` on %s", query_socket)
         for cp in checkpointers:
             thread = threading.Thread(
                 target=_run_one, args=(cp, stop, failures), name=cp.name, daemon=True
@@ -237,8 +238,10 @@ def run_sinks(
         stop.set()
         for thread in threads:
             thread.join()
-        if server is not None:
-            server.stop()
+        if lock is not None:
+            lock.stop_serving()
+        if service is not None:
+            service.close()
         for producer in producers:
             try:
                 producer.close()
