@@ -60,6 +60,9 @@ class MemorySource:
     def rewind(self, messages: list[Message]) -> None:
         self.pending = list(messages) + self.pending
 
+    def lag(self) -> int:
+        return len(self.pending)
+
     def close(self) -> None:
         self.closed = True
 

@@ -77,7 +77,7 @@ def status(
 def health(
     kind: Annotated[
         str,
-        typer.Argument(help="The processor: aggregator, raw-sink or window-sink."),
+        typer.Argument(help="The processor: aggregator, raw-sink or windows-sink."),
     ],
 ) -> None:
     """Healthcheck of the processors of this home (a container's, for Docker).

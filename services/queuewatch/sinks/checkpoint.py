@@ -228,6 +228,11 @@ def refused_rows_limit(rows: int) -> int:
     return max(10, rows // 100)
 
 
+#: How often a sink measures its lag (end offsets minus its positions): a request per
+#: partition leader, so not on every poll.
+LAG_EVERY_S = 5.0
+
+
 class Checkpointer:
     """Runs the numbered protocol of this module for one sink."""
 
@@ -259,6 +264,13 @@ class Checkpointer:
         self.stats = SinkStats()
         self._batch = Batch()
         self._generation = 0  # bumped when a rebalance drops the batch
+        # Liveness (platform.liveness), read by the process's monitor thread: when the loop
+        # last began a step, the input waiting (measured every LAG_EVERY_S from this thread,
+        # which owns the consumer), and why a write is being retried, if it is.
+        self.last_step_at = clock()
+        self.lag: int | None = None
+        self._lag_at = -LAG_EVERY_S
+        self.retrying: str | None = None
 
     def revoke(self) -> None:
         """Partitions were taken away: drop the uncommitted batch (it will be read again)."""
@@ -282,7 +294,10 @@ class Checkpointer:
 
     def step(self, stop: threading.Event) -> None:
         """Steps 1-2 for one poll, then steps 3-6 when the batch is due."""
-        now = self.clock()
+        now = self.last_step_at = self.clock()
+        if now - self._lag_at >= LAG_EVERY_S:
+            self._lag_at = now
+            self._measure_lag()
         wait = self.batch_seconds
         if not self._batch.is_empty():
             wait = max(0.0, self._batch.started_at + self.batch_seconds - now)
@@ -291,6 +306,12 @@ class Checkpointer:
             self._transform(message)
         if self._batch.is_due(self.clock(), self.batch_rows, self.batch_seconds):
             self.flush(stop)
+
+    def _measure_lag(self) -> None:
+        try:
+            self.lag = self.source.lag() + self._batch.records
+        except Exception as exc:  # a broker that does not answer: the lag stays as it was
+            log.debug("%s: lag not measured (%s)", self.name, exc)
 
     def _transform(self, message: Message) -> None:
         self.stats.records += 1
@@ -452,6 +473,11 @@ class Checkpointer:
                             "stops so that its supervisor restarts it from those offsets"
                         ) from exc
                     delay = self.backoff.delay(attempt)
+                    self.retrying = (
+                        f"ClickHouse failed {attempt} writes in a row over "
+                        f"{self.clock() - failing_since:.0f} s ({exc}); retrying, at most "
+                        f"{self.max_attempts} attempts"
+                    )
                     log.error(
                         "%s: ClickHouse write failed (attempt %d of %d, failing for %.0f s): "
                         "%s; consumption paused, %d rows held, offsets not committed; "
@@ -484,6 +510,7 @@ class Checkpointer:
                     )
                 return True
         finally:
+            self.retrying = None
             if attempt:
                 self.source.resume()
 

@@ -26,6 +26,7 @@ from queuewatch.clickhouse.migrations import migrate
 from queuewatch.clickhouse.query import QueryService
 from queuewatch.errors import ConfigurationError
 from queuewatch.kafka.security import KafkaSecurity
+from queuewatch.platform.liveness import Heartbeat, ProgressWatch, exit_stalled, watch_interval
 from queuewatch.settings import CommonSettings, QuerySettings, SinkSettings
 from queuewatch.sinks import raw, windows
 from queuewatch.sinks.checkpoint import Backoff, BatchWriter, Checkpointer, DeadLetters, Transform
@@ -233,7 +234,11 @@ def run_sinks(
             )
             thread.start()
             threads.append(thread)
-        _report_until_stopped(checkpointers, stop)
+        watches = [
+            SinkWatch(cp, common.home, sink_spec(kind, common).group, common.stall_timeout_s)
+            for cp, kind in zip(checkpointers, kinds, strict=True)
+        ]
+        _report_until_stopped(checkpointers, stop, watches)
     finally:
         stop.set()
         for thread in threads:
@@ -295,11 +300,66 @@ def _run_one(cp: Checkpointer, stop: threading.Event, failures: list[BaseExcepti
         )
 
 
-def _report_until_stopped(checkpointers: Sequence[Checkpointer], stop: threading.Event) -> None:
+class SinkWatch:
+    """Progress or an honest exit for one sink thread (see ``platform.liveness``).
+
+    Progress is a committed batch, or no lag. A sink whose loop hangs inside one step (an
+    insert that never returns) counts as blocked whatever its last measured lag. A sink that
+    is retrying a failed write is stalled as far as ``status`` is concerned, but its exit is
+    left to the bounded retries (QUEUEWATCH_SINK_WRITE_MAX_ATTEMPTS), which name the offsets.
+    """
+
+    def __init__(self, cp: Checkpointer, home: Any, group: str, stall_after_s: float) -> None:
+        self.cp = cp
+        self.interval_s = watch_interval(stall_after_s)
+        self.watch = ProgressWatch(stall_after_s, self.interval_s)
+        self.heartbeat = Heartbeat(home, cp.name, group)
+        self._warned_at = 0.0
+
+    def check(self) -> None:
+        """One sample: write the heartbeat; exit the process on an unexplained stall."""
+        cp, watch = self.cp, self.watch
+        watch.begin()
+        lag = cp.lag or 0
+        in_step = time.monotonic() - cp.last_step_at
+        blocked = cp.retrying
+        if blocked is None and in_step > max(2 * self.interval_s, 5.0):
+            blocked = f"the sink loop has been inside one poll or write for {in_step:.0f} s"
+            lag = max(lag, 1)
+        stall = watch.observe(cp.stats.batches, lag, blocked)
+        self.heartbeat.write(watch, reason=blocked, details={"rows_written": cp.stats.rows_written})
+        if stall is None:
+            return
+        if cp.retrying is not None:
+            if time.monotonic() - self._warned_at >= 60:
+                self._warned_at = time.monotonic()
+                log.warning(
+                    "%s: no progress for %.0f s: %s", cp.name, stall.since_progress_s, blocked
+                )
+            return
+        exit_stalled(
+            cp.name,
+            f"no batch committed for {stall.since_progress_s:.0f} s with lag {stall.lag}: "
+            f"{stall.reason}",
+        )
+
+
+def _report_until_stopped(
+    checkpointers: Sequence[Checkpointer],
+    stop: threading.Event,
+    watches: Sequence[SinkWatch] = (),
+) -> None:
     last = {cp.name: 0 for cp in checkpointers}
     started = time.monotonic()
-    while not stop.wait(STATS_INTERVAL_S):
-        elapsed = time.monotonic() - started
+    logged_at = started
+    interval = min([w.interval_s for w in watches] + [STATS_INTERVAL_S])
+    while not stop.wait(interval):
+        for watch in watches:
+            watch.check()
+        if time.monotonic() - logged_at < STATS_INTERVAL_S:
+            continue
+        logged_at = time.monotonic()
+        elapsed = logged_at - started
         for cp in checkpointers:
             s = cp.stats
             if s.rows_written != last[cp.name]:
@@ -312,6 +372,8 @@ def _report_until_stopped(checkpointers: Sequence[Checkpointer], stop: threading
                     elapsed,
                 )
                 last[cp.name] = s.rows_written
+    for watch in watches:
+        watch.heartbeat.remove()
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:

@@ -58,6 +58,10 @@ class RecordSource(Protocol):
         """Read these records again: move each partition back to its first one listed."""
         ...
 
+    def lag(self) -> int:
+        """Records after the read position, summed over the assigned partitions."""
+        ...
+
     def close(self) -> None:
         """Leave the group without committing anything."""
         ...
@@ -283,6 +287,14 @@ class KafkaSource:
             first[key] = min(first.get(key, m.offset), m.offset)
         for (topic, partition), offset in first.items():
             self._consumer.seek(TopicPartition(topic, partition), offset)
+
+    def lag(self) -> int:
+        """End offsets minus positions of the assigned partitions (0 with none assigned)."""
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return 0
+        ends = self._consumer.end_offsets(assigned)
+        return sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in assigned)
 
     def close(self) -> None:
         """Leave the group; uncommitted records are read again by the next member."""
