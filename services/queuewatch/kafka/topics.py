@@ -10,14 +10,19 @@ import logging
 from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from queuewatch.errors import ConfigurationError
 from queuewatch.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
 WEEK_MS = 7 * 24 * 3600 * 1000
+#: Largest record the aggregator writes (a state record, a dead letter): 16 MiB. The reports
+#: topic keeps the broker's 1 MB limit, but on *compressed* batches: a report's value can be
+#: far larger once decompressed, and its dead letter (sent uncompressed, whole) must fit.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,16 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
             {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"},
         ),
         # Dead letters keep the original bytes for a person to inspect and replay: forever too.
-        TopicSpec(settings.dlq_topic, 3, {"retention.ms": "-1", "cleanup.policy": "delete"}),
+        # Letters up to MAX_RECORD_BYTES go whole; larger ones are cut (aggregator/intake.py).
+        TopicSpec(
+            settings.dlq_topic,
+            3,
+            {
+                "retention.ms": "-1",
+                "cleanup.policy": "delete",
+                "max.message.bytes": str(MAX_RECORD_BYTES),
+            },
+        ),
         # Derived data (the aggregator rebuilds it from the log); keyed by crossing, so not
         # compacted: compaction would keep one window per crossing. A week covers any outage.
         TopicSpec(
@@ -69,3 +83,31 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
         return created
     finally:
         admin.close()
+
+
+def max_message_bytes(bootstrap: str, topic: str) -> int:
+    """The largest record batch ``topic`` accepts (its ``max.message.bytes``, as the broker says).
+
+    A topic created before its spec had a limit keeps the broker's default (1 MB): senders ask
+    rather than assume, so a record is cut to fit instead of being refused forever.
+    """
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="queuewatch-admin")
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})],
+            config_filter="all",
+        )
+    except KafkaError as exc:
+        raise ConfigurationError(
+            f"cannot read the configs of topic {topic} ({exc}); create it with `queuewatch "
+            "topics` (or `queuewatch up`)"
+        ) from exc
+    finally:
+        admin.close()
+    try:
+        return int(described["topic"][topic]["max.message.bytes"]["value"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"the broker did not say topic {topic}'s max.message.bytes ({described!r:.200}); "
+            "check that it exists: `queuewatch topics`"
+        ) from exc
