@@ -160,9 +160,13 @@ def reference_windows(valid_in_order: dict[str, list[dict[str, Any]]]) -> dict[t
         for rec in records:
             if rec["event_id"] in seen:
                 continue
+            t = rec["observed_at"]
+            if watermark is not None and all(
+                (t // step) * step + size + GRACE <= watermark for size, step in FAMILIES.values()
+            ):
+                continue  # too late for every window: changes nothing (not even the seq)
             seen.add(rec["event_id"])
             seq += 1
-            t = rec["observed_at"]
             for name, (size, step) in FAMILIES.items():
                 start = (t // step) * step
                 while start + size > t:  # every aligned window containing t

@@ -219,6 +219,10 @@ def test_a_late_report_counts_exactly_in_the_windows_still_open_before_it(
     expected = _open_windows(t, T0 + first)
     assert got == expected
     all_windows = _open_windows(t, None)
+    if not expected:  # too late for every window: only the late counter moves
+        assert outcome is Outcome.TOO_LATE
+        assert state.counters.late == 1 and state.counters.accepted == 1 and state.seq == 1
+        return
     assert (outcome is Outcome.LATE) == (expected != all_windows)
     assert state.counters.late == (1 if expected != all_windows else 0)
     assert state.counters.accepted == 2
@@ -311,3 +315,49 @@ def test_window_spec_errors_say_what_is_expected() -> None:
         parse_families("1h:1h")
     with pytest.raises(ConfigurationError, match="unit"):
         parse_duration_ms("5 minutes")
+
+
+# --- too-late reports and the size of a state -------------------------------------------------
+
+
+def test_a_report_too_late_for_every_window_changes_only_the_late_counter() -> None:
+    state = CrossingState("x", CONFIG)
+    state.apply(record(T0 + 30 * HOUR, "live"), 0, 0)
+    state.take_changed()
+    before = encode_state(state)
+    # 24h [T0, T0+24h) is the newest window holding T0 + 10 min; it closed at T0 + 26h.
+    assert state.apply(record(T0 + 10 * MIN, "old"), 0, 1) is Outcome.TOO_LATE
+    assert state.counters.late == 1 and state.seq == 1 and "old" not in state.dedup
+    assert state.take_changed() == []
+    after = decode_state(encode_state(state), CONFIG)
+    assert (after.counters.late, after.applied) == (1, {0: 1})
+    assert (
+        encode_state(state)
+        .replace(b'"n":[1,0,1,0]', b'"n":[1,0,0,0]')
+        .replace(b"[[0,1]]", b"[[0,0]]")
+        == before
+    )
+    # A re-send of it is too late again: nothing remembers it, nothing needs to.
+    assert state.apply(record(T0 + 10 * MIN, "old"), 0, 2) is Outcome.TOO_LATE
+    assert state.counters.late == 2 and state.seq == 1
+
+
+def test_a_report_one_ms_inside_the_newest_window_grace_is_still_counted() -> None:
+    state = CrossingState("x", CONFIG)
+    state.apply(record(T0 + 26 * HOUR - 1, "live", lane="truck"), 0, 0)
+    assert state.apply(record(T0 + 10 * MIN, "old"), 0, 1) is Outcome.LATE
+    assert state.seq == 2 and "old" in state.dedup
+
+
+def test_a_backfill_of_300k_historical_reports_for_a_live_crossing_keeps_its_state_small() -> None:
+    """Before: every historical event id was kept until the watermark moved (15.7 MiB here)."""
+    state = CrossingState("x", CONFIG)
+    live = T0 + 400 * 24 * HOUR
+    state.apply(record(live, "live"), 0, 0)
+    state.take_changed()
+    small = len(encode_state(state))
+    for i in range(300_000):  # a year of history, one report every 105 s
+        outcome = state.apply(record(T0 + i * 105_000, f"backfill-{i:06d}"), 0, i + 1)
+        assert outcome is Outcome.TOO_LATE
+    assert len(state.dedup) == 1
+    assert len(encode_state(state)) <= small + 16  # the counters' digits, nothing per report

@@ -7,10 +7,16 @@ What a report does (:meth:`CrossingState.apply`):
    record as its effect, so both are written or neither is).
 2. A known ``event_id`` is a duplicate: ignored everywhere, whatever its content; the first
    arrival wins. Event ids are remembered for ``dedup_horizon`` ms of watermark time.
-3. Otherwise the report is accepted and gets the next ``seq`` (1, 2, ...). Per window family
+3. A report for which every window containing it, in every family, is closed
+   (``window_end + grace <= watermark`` before it) is *too late*: it changes no window, so it
+   changes nothing but the ``late`` counter. It gets no ``seq`` and its ``event_id`` is not
+   remembered (a re-send of it is too late again, so nothing needs it): this is what keeps a
+   backfill of history for a live crossing from growing the state without bound (300k
+   historical reports made a 15.7 MiB record, 16 MiB is the most a record may hold).
+4. Otherwise the report is accepted and gets the next ``seq`` (1, 2, ...). Per window family
    it goes into its pane unless every window containing it is closed; a window closed for it
-   (``window_end + grace <= watermark`` before it) does not count it, and the report is
-   counted as late. Then the watermark becomes ``max(watermark, observed_at)``.
+   does not count it, and the report is counted as late. Then the watermark becomes
+   ``max(watermark, observed_at)``.
 
 Windows are produced on demand (:meth:`CrossingState.take_changed`) from *dirty* panes. A
 window is only ever computed from its panes while it is open (every report in its panes then
@@ -46,6 +52,7 @@ class Outcome(Enum):
 
     ACCEPTED = "accepted"
     LATE = "late"  # accepted, but too late for at least one window containing it
+    TOO_LATE = "too_late"  # too late for every window: counted as late, nothing else changes
     DUPLICATE = "duplicate"
     REPLAYED = "replayed"  # its log position was applied before (at-least-once redelivery)
 
@@ -92,6 +99,7 @@ class Counters:
 
     accepted: int = 0
     duplicates: int = 0
+    #: accepted reports late for some window, and too-late reports (every delivery of one)
     late: int = 0
     replayed: int = 0
 
@@ -155,11 +163,17 @@ class CrossingState:
             self.counters.duplicates += 1
             return Outcome.DUPLICATE
 
-        self.seq += 1
-        seq = self.seq
         t: int = record["observed_at"]
         wm0 = self.watermark
         grace = self.config.grace
+        # Every window containing t ends after t, so none is closed while t + grace >= wm0
+        # (the usual case): the lateness tests below are needed only for older reports.
+        maybe_late = t + grace < wm0
+        if maybe_late and self._too_late(t, wm0):
+            self.counters.late += 1
+            return Outcome.TOO_LATE
+        self.seq += 1
+        seq = self.seq
         lane_key = (record["from_country"], record["to_country"], record["traffic_class"])
         lane = self.lanes.get(lane_key)
         if lane is None:
@@ -170,9 +184,6 @@ class CrossingState:
         length = record.get("queue_length_km")
         status = record.get("status") or "unknown"
         late = False
-        # Every window containing t ends after t, so none is closed while t + grace >= wm0
-        # (the usual case): the lateness tests below are needed only for older reports.
-        maybe_late = t + grace < wm0
         for (fam, pane_len), fstate in zip(self.config.layout, lane, strict=True):
             if maybe_late and fam.first_window_start(t) + fam.size + grace <= wm0:
                 late = True  # the oldest window containing t is closed
@@ -196,6 +207,13 @@ class CrossingState:
             if wm0 != NO_WATERMARK:
                 self._on_watermark(wm0, wm1)
         return Outcome.LATE if late else Outcome.ACCEPTED
+
+    def _too_late(self, t: int, wm: int) -> bool:
+        """True when the newest window containing ``t`` of every family is closed at ``wm``."""
+        grace = self.config.grace
+        return all(
+            fam.last_window_start(t) + fam.size + grace <= wm for fam, _ in self.config.layout
+        )
 
     def _on_watermark(self, wm0: int, wm1: int) -> None:
         """Snapshot changed windows that just closed; evict what no window needs any more."""
