@@ -21,20 +21,26 @@ from faust.types import TP
 
 from queuewatch.aggregator import checkpoint
 from queuewatch.aggregator.emit import WindowBatches
-from queuewatch.aggregator.intake import RawMessage, intake, reader_schema
+from queuewatch.aggregator.gaps import GapProbe
+from queuewatch.aggregator.intake import RawMessage, fit_letter, intake, reader_schema
 from queuewatch.aggregator.ordering import LogOrder, Verdict
 from queuewatch.aggregator.state import AggregationConfig, CrossingState, Outcome
 from queuewatch.aggregator.state_codec import decode_state, encode_state
+from queuewatch.aggregator.transport import SCHEME
 from queuewatch.aggregator.window_codec import window_encoder
 from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
 from queuewatch.errors import ConfigurationError, QueuewatchError
+from queuewatch.kafka.topics import MAX_RECORD_BYTES, max_message_bytes
 from queuewatch.settings import AggregatorSettings, CommonSettings
 
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "crossing-state"
 #: Largest state record (and so producer request) the aggregator writes: 16 MiB.
-STATE_RECORD_MAX_BYTES = 16 * 1024 * 1024
+STATE_RECORD_MAX_BYTES = MAX_RECORD_BYTES
+#: Room left in a record batch for what the producer adds around a dead letter's bytes
+#: (batch and record headers, varints: well under 1 KiB), so a letter cut to fit does fit.
+_LETTER_OVERHEAD = 16 * 1024
 #: Written first in every state record, so a restart finds states with unsent windows
 #: without parsing them all.
 _CHANGED_MARK = b'{"f":1,"chg":1,'
@@ -83,10 +89,19 @@ class Aggregator:
     """Wires the pure state to faust: the agent, the table, the emission timer."""
 
     def __init__(
-        self, common: CommonSettings, settings: AggregatorSettings, partitions: int
+        self,
+        common: CommonSettings,
+        settings: AggregatorSettings,
+        partitions: int,
+        dlq_max_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self.common = common
         self.settings = settings
+        #: a dead letter larger than this is cut to fit (intake.fit_letter): the DLQ topic's
+        #: limit, and never more than a producer request may hold
+        self.letter_max_bytes = min(dlq_max_bytes, STATE_RECORD_MAX_BYTES) - _LETTER_OVERHEAD
+        #: tells a gap (transaction markers, aborted records) from a hole (see gaps)
+        self.gaps = GapProbe(common.kafka_bootstrap)
         self.config = AggregationConfig.from_spec(
             settings.aggregator_windows,
             settings.aggregator_grace,
@@ -119,7 +134,10 @@ class Aggregator:
         common, s = self.common, self.settings
         datadir = Path(common.home).resolve() / "aggregator" / common.aggregator_group
         datadir.mkdir(parents=True, exist_ok=True)
-        brokers = [f"kafka://{b.strip()}" for b in common.kafka_bootstrap.split(",") if b.strip()]
+        # Our transport: faust's aiokafka one, reading only committed records (see transport).
+        brokers = [
+            f"{SCHEME}://{b.strip()}" for b in common.kafka_bootstrap.split(",") if b.strip()
+        ]
         app = faust.App(
             common.aggregator_group,
             broker=brokers,
@@ -162,7 +180,7 @@ class Aggregator:
             help="One state record per crossing: panes, watermark, de-duplication, offsets.",
             extra_topic_configs={"max.message.bytes": str(STATE_RECORD_MAX_BYTES)},
         )
-        self.table.on_recover(self._on_recovered)
+        self.table.on_recover(self._on_recovered_or_exit)
         app.agent(self.reports, name="aggregate", concurrency=1)(self._agent)
         app.timer(s.aggregator_flush_interval_s)(self._flush_windows)
         app.timer(30.0)(self._log_totals)
@@ -216,12 +234,31 @@ class Aggregator:
             {tp.partition: offset for tp, offset in sorted(starts.items())},
         )
 
+    async def _on_recovered_or_exit(self) -> None:
+        """:meth:`_on_recovered`, exiting the process if it fails.
+
+        faust runs recovery callbacks under ``asyncio.wait``, which keeps their exceptions to
+        itself: a failed start would leave the worker owning no partition, dropping every
+        message and showing no lag, for ever. A restart (by ``up`` or Docker) retries it.
+        """
+        try:
+            await self._on_recovered()
+        except asyncio.CancelledError:
+            raise  # a new rebalance or a stop: faust starts over
+        except BaseException as exc:
+            checkpoint.die_unsafe("starting the reports partitions after the table's recovery", exc)
+
+    def _should_own(self, tp: TP) -> bool:
+        """True when ``tp`` is assigned to us and no rebalance is under way: we must own it."""
+        return not self.app.rebalancing and tp in self.app.consumer.assignment()
+
     async def _on_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
         self._scan_needed = True
 
     async def _on_shutdown(self, sender: Any, **_: Any) -> None:
         self._stopping = True
         await self._log_totals()
+        await self.gaps.close()
         try:
             await self._flush_windows()
         except Exception:  # best effort: unsent windows stay marked in the changelog
@@ -266,8 +303,13 @@ class Aggregator:
             elif verdict is Verdict.REDELIVERED:
                 self.totals["redelivered"] += 1
             elif verdict is Verdict.HOLE:
-                self.totals["holes"] += 1
                 want = order.holes[m.partition].offset
+                if await self._skip_gap(m.partition, want):
+                    if order.admit(m.partition, m.offset, now) is Verdict.APPLY:
+                        fresh.append(event)
+                        continue
+                    want = order.holes[m.partition].offset
+                self.totals["holes"] += 1
                 seek[m.tp] = want
                 log.warning(
                     "partition %d: got offset %d, expected %d (the client skipped messages); "
@@ -276,9 +318,33 @@ class Aggregator:
                     m.offset,
                     want,
                 )
+            elif verdict is Verdict.NOT_OURS and self._should_own(m.tp):
+                # Never dropped and acked in silence: we would idle with no lag showing.
+                checkpoint.die_unsafe(
+                    "ordering the reports",
+                    RuntimeError(
+                        f"partition {m.partition} is assigned to this worker but was never "
+                        "started at its position (the start after recovery failed?)"
+                    ),
+                )
         if seek:
             await self._seek(seek)
         return fresh
+
+    async def _skip_gap(self, partition: int, want: int) -> bool:
+        """True when offsets from ``want`` on hold no record we can receive (see ``gaps``)."""
+        first = await self.gaps.first_at_or_after(self.common.reports_topic, partition, want)
+        if first is None or not self.order.skip_gap(partition, first):
+            return False
+        log.info(
+            "partition %d: offsets %d..%d hold no reports (transaction markers or aborted "
+            "records); going on at %d",
+            partition,
+            want,
+            first - 1,
+            first,
+        )
+        return True
 
     async def _seek(self, seek: dict[TP, int]) -> None:
         try:
@@ -291,8 +357,9 @@ class Aggregator:
     async def _repair_holes(self) -> None:
         """Seek partitions with a hole back again until the missing offset arrives.
 
-        A hole is never skipped: our producers leave no gaps in the reports topic (no
-        transactions, no compaction); only retention can delete an offset for good.
+        A hole is never skipped: only retention can delete an offset for good, and offsets
+        that hold no record we can receive (transactional producers' markers and aborted
+        records, see ``gaps``) are a gap, not a hole.
         """
         now = time.monotonic()
         due = self.order.due(now)
@@ -311,6 +378,8 @@ class Aggregator:
                     first,
                 )
                 tps[tp] = first
+            elif await self._skip_gap(tp.partition, offset):
+                tps[tp] = self.order.holes[tp.partition].offset
             hole = self.order.holes[tp.partition]
             if now - hole.found_at > 30:
                 log.error(
@@ -393,6 +462,7 @@ class Aggregator:
             self.table.data[key] = data
             writes.append(self.table.send_changelog(partition, key, data, "raw", "raw"))
         for letter in dead:
+            letter = fit_letter(letter, self.letter_max_bytes)
             writes.append(
                 self._send(
                     producer, self.common.dlq_topic, letter.key, letter.value, letter.headers
@@ -515,7 +585,8 @@ def _tune_gc() -> None:
 def run(common: CommonSettings, settings: AggregatorSettings) -> None:
     """Run the aggregator worker until SIGTERM/SIGINT."""
     partitions = topic_partitions(common.kafka_bootstrap, common.reports_topic)
-    aggregator = Aggregator(common, settings, partitions)
+    dlq_max_bytes = max_message_bytes(common.kafka_bootstrap, common.dlq_topic)
+    aggregator = Aggregator(common, settings, partitions, dlq_max_bytes)
     _tune_gc()
     worker = faust.Worker(
         aggregator.app,
