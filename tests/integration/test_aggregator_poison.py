@@ -141,12 +141,12 @@ def test_an_unreadable_position_record_makes_the_worker_exit_non_zero_instead_of
     assert "position record b'not a position' is unreadable" in agg.logs()
 
 
-def _state_records(bootstrap: str, topic: str, key: bytes) -> list[int]:
+def _state_records(bootstrap: str, topic: str, key: bytes, partitions: int) -> list[int]:
     """Sizes of every changelog record of ``key``, in order."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     ends = consumer.end_offsets(tps)
@@ -190,11 +190,11 @@ def test_a_backfill_of_history_for_a_live_crossing_keeps_its_state_record_small(
         code = agg.stop()
         reader.close()
     assert code == 0, agg.logs()
-    assert "'too_late': 20000" in agg.logs()
-    sizes = _state_records(bootstrap, f"{group}-crossing-state-changelog", cid.encode())
+    sizes = _state_records(bootstrap, f"{group}-crossing-state-changelog", cid.encode(), 3)
     # The live crossing's own record is ~20-90 KB (panes, closed windows awaiting emission);
     # 20k remembered event ids would add 1 MB.
     assert sizes and max(sizes) < 256 * 1024 and sizes[-1] < 64 * 1024, sizes[-5:]
+    assert "'too_late': 20000" in agg.logs()
 
 
 def test_reports_from_a_transactional_producer_with_aborted_transactions_give_the_reference(
@@ -247,3 +247,91 @@ def test_reports_from_a_transactional_producer_with_aborted_transactions_give_th
     assert code == 0, logs
     assert "hold no reports (transaction markers or aborted records)" in logs
     assert "still missing after" not in logs
+
+
+def _newest_records(bootstrap: str, topic: str, partitions: int) -> dict[bytes, bytes]:
+    """The newest changelog record of every key."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    newest: dict[bytes, bytes] = {}
+    deadline = time.monotonic() + 60
+    while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=1000).values():
+            newest.update((r.key, r.value) for r in records)
+    consumer.close()
+    return newest
+
+
+def test_a_quiet_crossing_is_sealed_after_its_final_windows_and_a_restart_emits_nothing_again(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    """Before: a quiet crossing kept its panes and ids for ever, its record kept the changed
+    mark, so every restart emitted its windows again. Now it is sealed once the partition's
+    clock is the dedup horizon (26 h) past it, and when it reports again it stays exact."""
+    settings = make_topics(bootstrap, unique, partitions=1)
+    rng = random.Random(8)
+    schema = default_registry().latest(QUEUE_REPORT)
+    t0 = int(time.time() * 1000) - 5 * 24 * HOUR
+    t0 -= t0 % HOUR
+    quiet, busy = "test-quiet", "test-busy"
+    minute = 60_000
+    first: list[dict] = []
+    for i in range(240):  # quiet reports for 6 h, busy for 40 h
+        if i < 36:
+            first.append(_report(rng, quiet, t0 + i * 10 * minute + rng.randint(0, 9 * minute)))
+        first.append(_report(rng, busy, t0 + i * 10 * minute))
+    quiet_end = max(r["observed_at"] for r in first if r["crossing_id"] == quiet)
+    back = [_report(rng, quiet, quiet_end - k * 20 * minute) for k in range(3)]  # sealed
+    back += [_report(rng, quiet, quiet_end + k * 7 * minute) for k in range(1, 40)]
+    back.append(dict(first[0]))  # a re-send of the quiet crossing's first report
+    back += [_report(rng, busy, t0 + 40 * HOUR + k * minute) for k in range(5)]
+
+    def messages(records: list[dict]) -> list[tuple[bytes, bytes]]:
+        return [(r["crossing_id"].encode(), encode(r, schema)) for r in records]
+
+    horizon = 26 * HOUR
+    group = f"agg-{unique}"
+    changelog = f"{group}-crossing-state-changelog"
+    agg = AggregatorProcess(settings, tmp_path, group=group)
+    publish(bootstrap, settings.reports_topic, messages(first))
+    agg.start()
+    reader = WindowReader(bootstrap, settings.windows_topic)
+    try:
+        expected = reference_windows({}, log=first, seal_after=horizon)
+        problems = reader.wait_for(expected, timeout_s=120)
+        assert problems == [], "\n".join(problems) + "\n" + agg.logs()
+        deadline = time.monotonic() + 60  # the 10 s timer seals and unmarks
+        while True:
+            records = _newest_records(bootstrap, changelog, 1)
+            sealed = records.get(quiet.encode(), b"")
+            if b'"sealed":' in sealed and not records[busy.encode()].startswith(b'{"f":1,"chg":1'):
+                break
+            assert time.monotonic() < deadline, (sealed[:200], agg.logs())
+            time.sleep(2)
+        assert len(sealed) < 400, sealed  # counters and offsets only
+        assert agg.stop() == 0, agg.logs()
+
+        count = reader.count
+        agg.start()
+        deadline = time.monotonic() + 60
+        while "starting reports partitions at" not in agg.logs().split("aggregator totals")[-1]:
+            assert agg.alive() and time.monotonic() < deadline, agg.logs()
+            time.sleep(0.5)
+        time.sleep(5)  # several flush intervals
+        reader.poll()
+        assert reader.count == count, "windows emitted again after a restart"
+
+        publish(bootstrap, settings.reports_topic, messages(back))
+        expected = reference_windows({}, log=first + back, seal_after=horizon)
+        problems = reader.wait_for(expected, timeout_s=120)
+        assert problems == [], "\n".join(problems) + "\n" + agg.logs()
+        assert reader.version_went_down == 0
+    finally:
+        code = agg.stop()
+        reader.close()
+    assert code == 0, agg.logs()

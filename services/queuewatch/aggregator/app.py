@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,16 +21,25 @@ import faust
 from faust.types import TP
 
 from queuewatch.aggregator import checkpoint
+from queuewatch.aggregator.bound import STATE_TOO_LARGE, Step, fit_prefix
 from queuewatch.aggregator.emit import WindowBatches
 from queuewatch.aggregator.gaps import GapProbe
-from queuewatch.aggregator.intake import RawMessage, fit_letter, intake, reader_schema
+from queuewatch.aggregator.intake import (
+    Accepted,
+    DeadLetter,
+    RawMessage,
+    dead_letter,
+    fit_letter,
+    intake,
+    reader_schema,
+)
 from queuewatch.aggregator.ordering import LogOrder, Verdict
-from queuewatch.aggregator.state import AggregationConfig, CrossingState, Outcome
+from queuewatch.aggregator.state import NO_WATERMARK, AggregationConfig, CrossingState, Outcome
 from queuewatch.aggregator.state_codec import decode_state, encode_state
 from queuewatch.aggregator.transport import SCHEME
 from queuewatch.aggregator.window_codec import window_encoder
 from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
-from queuewatch.errors import ConfigurationError, QueuewatchError
+from queuewatch.errors import ConfigurationError
 from queuewatch.kafka.topics import MAX_RECORD_BYTES, max_message_bytes
 from queuewatch.settings import AggregatorSettings, CommonSettings
 
@@ -51,10 +61,13 @@ _POSITION_KEY = b"\x00position/%d"
 #: faust drops re-fetched messages below offsets it is still delivering from an earlier
 #: fetch (``Consumer._read_offset``), so one seek is not always enough.
 _RESEEK_EVERY_S = 1.0
-
-
-class StateTooLargeError(QueuewatchError):
-    """A crossing's state record would not fit a changelog message."""
+#: How often quiet crossings are sealed and dropped from memory, and emitted ones unmarked.
+_EVICT_EVERY_S = 10.0
+#: A state record's head: watermark, one applied partition, and whether sealed (state_codec
+#: writes these keys in this order), read without decoding the whole record.
+_HEAD = re.compile(
+    rb'"wm":(-?\d+),"n":\[[-\d,]*\],"applied":\[\[(\d+),-?\d+\]\](?:,"sealed":(-?\d+))?'
+)
 
 
 def topic_partitions(bootstrap: str, topic: str) -> int:
@@ -126,6 +139,13 @@ class Aggregator:
         self.order = LogOrder(_RESEEK_EVERY_S)
         #: position records of durable batches, sent with the next batch's writes
         self._positions: dict[int, int] = {}
+        #: each owned partition's clock: the newest observed_at applied in it (see sealing in
+        #: ``state``); loaded from its position record on first use, dropped on revoke
+        self._clocks: dict[int, int] = {}
+        #: the clock of each queued position record
+        self._position_clocks: dict[int, int] = {}
+        #: crossings emitted whose record still carries the changed mark (see _evict_idle)
+        self._emitted: set[str] = set()
         self.app = self._build_app(partitions)
 
     # --- wiring -------------------------------------------------------------------------------
@@ -184,6 +204,7 @@ class Aggregator:
         app.agent(self.reports, name="aggregate", concurrency=1)(self._agent)
         app.timer(s.aggregator_flush_interval_s)(self._flush_windows)
         app.timer(30.0)(self._log_totals)
+        app.timer(_EVICT_EVERY_S)(self._evict_idle)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
@@ -198,6 +219,7 @@ class Aggregator:
         for partition in gone:
             self.order.disown(partition)
             self._positions.pop(partition, None)
+            self._clocks.pop(partition, None)
 
     async def _on_recovered(self) -> None:
         """The table holds every durable record again: start each new partition at its position.
@@ -399,6 +421,9 @@ class Aggregator:
         for partition in {event.message.partition for event in events}:
             if self.order.owns(partition):  # else revoked meanwhile: the new owner records it
                 self._positions[partition] = self.order.next[partition]
+                clock = self._clocks.get(partition)
+                if clock is not None:
+                    self._position_clocks[partition] = clock
 
     def _send_positions(self) -> list[Any]:
         """Write the queued position records; returns the writes."""
@@ -406,7 +431,7 @@ class Aggregator:
         writes = []
         for partition, offset in positions.items():
             key = _POSITION_KEY % partition
-            data = checkpoint.encode_position(offset)
+            data = checkpoint.encode_position(offset, self._position_clocks.pop(partition, None))
             self.table.data[key] = data
             writes.append(self.table.send_changelog(partition, key, data, "raw", "raw"))
         return writes
@@ -434,13 +459,26 @@ class Aggregator:
         totals["dead"] += len(dead)
         touched: dict[str, int] = {}
         replayed = 0
+        clocks = self._clocks
+        before: list[int] = []  # each report's partition clock before it (see bound)
         for item in accepted:
-            cid = item.record["crossing_id"]
+            record = item.record
+            cid = record["crossing_id"]
             state = self._state(cid)
-            outcome = state.apply(item.record, item.partition, item.offset)
+            partition = item.partition
+            clock = clocks.get(partition)
+            if clock is None:
+                clock = self._clock(partition)
+            before.append(clock)
+            if item.offset > state.applied.get(partition, -1):  # a replay changes nothing
+                state.seal_if_idle(clock)
+            outcome = state.apply(record, partition, item.offset)
+            if record["observed_at"] > clock:
+                clocks[partition] = record["observed_at"]
             totals[outcome.value] += 1
-            touched[cid] = item.partition
+            touched[cid] = partition
             replayed += outcome is Outcome.REPLAYED
+        self._emitted.difference_update(touched)  # their records are written below
         if replayed:
             log.info("skipped %d reports applied before a restart (at-least-once replay)", replayed)
         producer = self.app.producer
@@ -452,13 +490,13 @@ class Aggregator:
             key = cid.encode()
             data = self._encode(state, changed)
             if len(data) > STATE_RECORD_MAX_BYTES:
-                raise StateTooLargeError(
-                    f"the state of crossing {cid} is {len(data) / 2**20:.1f} MiB, over the "
-                    f"{STATE_RECORD_MAX_BYTES // 2**20} MiB a changelog record may hold; lower "
-                    "QUEUEWATCH_AGGREGATOR_BATCH_SIZE (closed windows wait in the state until "
-                    "the next flush) and restart. The rest is one event id per report within "
-                    "the largest window plus the grace (QUEUEWATCH_AGGREGATOR_WINDOWS, _GRACE)"
-                )
+                state, letters = self._fit(cid, len(data), accepted, before, raw)
+                dead += letters
+                totals["dead"] += len(letters)
+                changed = state.has_changes()
+                if changed:
+                    self.changed.add(cid)
+                data = self._encode(state, changed)
             self.table.data[key] = data
             writes.append(self.table.send_changelog(partition, key, data, "raw", "raw"))
         for letter in dead:
@@ -469,6 +507,65 @@ class Aggregator:
                 )
             )
         return writes
+
+    def _fit(
+        self,
+        cid: str,
+        size: int,
+        accepted: list[Accepted],
+        before: list[int],
+        raw: list[RawMessage],
+    ) -> tuple[CrossingState, list[DeadLetter]]:
+        """The crossing's state would not fit a record: keep what fits, refuse the rest (bound)."""
+        durable = self.table.data.get(cid.encode())
+
+        def restore() -> CrossingState:
+            return (
+                decode_state(durable, self.config) if durable else CrossingState(cid, self.config)
+            )
+
+        steps = [
+            Step(a.record, a.partition, a.offset, clock)
+            for a, clock in zip(accepted, before, strict=True)
+            if a.record["crossing_id"] == cid
+        ]
+        state, kept = fit_prefix(
+            restore,
+            steps,
+            lambda s: len(self._encode(s, s.has_changes())),
+            STATE_RECORD_MAX_BYTES,
+        )
+        self.states[cid] = state
+        messages = {(m.partition, m.offset): m for m in raw}
+        why = (
+            f"the state of crossing {cid} would be {size / 2**20:.1f} MiB with this batch, over "
+            f"the {STATE_RECORD_MAX_BYTES // 2**20} MiB a changelog record may hold, so this "
+            "report was not applied: it holds one event id per report within the dedup horizon "
+            "(QUEUEWATCH_AGGREGATOR_DEDUP_HORIZON); republish it once the flood is over"
+        )
+        refused = [
+            dead_letter(messages[(st.partition, st.offset)], STATE_TOO_LARGE, why)
+            for st in steps[kept:]
+        ]
+        log.error(
+            "crossing %s: %d reports of this batch dead-lettered (%s): %s",
+            cid,
+            len(refused),
+            STATE_TOO_LARGE,
+            why,
+        )
+        return state, refused
+
+    def _clock(self, partition: int) -> int:
+        """The partition's clock, from its position record when not known yet."""
+        clock = self._clocks.get(partition)
+        if clock is None:
+            data = self.table.data.get(_POSITION_KEY % partition)
+            clock = checkpoint.decode_clock(data) if data else None
+            if clock is None:
+                clock = NO_WATERMARK
+            self._clocks[partition] = clock
+        return clock
 
     @staticmethod
     def _encode(state: CrossingState, changed: bool) -> bytes:
@@ -557,6 +654,7 @@ class Aggregator:
                     row["updated_at"] = now
                     await out.add(key, self.encode_window(row))
             await out.finish()
+            self._emitted.update(pending)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -564,6 +662,72 @@ class Aggregator:
                 log.warning("windows not emitted at shutdown (%s); re-emitted on restart", exc)
                 return
             checkpoint.die_unsafe("emitting windows", exc)
+
+    async def _evict_idle(self) -> None:
+        """Seal quiet crossings and free them; unmark crossings whose windows were emitted.
+
+        * A crossing whose partition clock is the dedup horizon past its watermark is sealed
+          (``state``): its record shrinks to its counters and offsets and its decoded state
+          leaves memory. Only once its windows are emitted, so its final windows go first.
+          Sealing is a function of the log, so a record sealed here and one sealed by the
+          crossing's next report are the same: a write lost in a crash changes nothing.
+        * A crossing emitted and not written since still has the changed mark in its record:
+          it is rewritten without it, so a restart does not emit it again.
+
+        The records are written like a batch's, under the emission lock, and waited for.
+        """
+        if self.app.rebalancing or self._stopping:
+            return
+        async with self._emit_lock:
+            writes: list[Any] = []
+            emitted, self._emitted = self._emitted, set()
+            for cid in emitted:
+                state = self.states.get(cid)
+                if state is None or cid in self.changed or state.has_changes():
+                    continue
+                writes += self._write_quiet(cid, state)
+            for key, data in list(self.table.data.items()):
+                if not data or key.startswith(b"\x00") or data.startswith(_CHANGED_MARK):
+                    continue  # positions; states with unsent windows (emitted first)
+                head = _HEAD.search(data, 0, 4096)
+                if head is None:
+                    continue  # offsets of several partitions (keyed wrongly once): kept
+                watermark, partition = int(head[1]), int(head[2])
+                if head[3] is not None and int(head[3]) == watermark:
+                    continue  # sealed already
+                if not self.order.owns(partition):
+                    continue
+                if self._clock(partition) - watermark < self.config.dedup_horizon:
+                    continue
+                cid = key.decode()
+                if cid in self.changed:
+                    continue
+                state = self.states.get(cid) or decode_state(data, self.config)
+                if state.has_changes():
+                    continue
+                state.seal_if_idle(self._clock(partition))
+                writes += self._write_quiet(cid, state)
+                self.states.pop(cid, None)
+            try:
+                await checkpoint.wait_durable(writes)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # harmless: the log seals them again, the mark re-emits
+                log.warning("quiet crossings' records not written (%s); retrying later", exc)
+
+    def _write_quiet(self, cid: str, state: CrossingState) -> list[Any]:
+        """Write the record of a crossing with no unsent windows, in its own partition."""
+        if len(state.applied) != 1:
+            return []
+        (partition,) = state.applied
+        if not self.order.owns(partition):
+            return []
+        key = cid.encode()
+        data = self._encode(state, False)
+        if self.table.data.get(key) == data:
+            return []
+        self.table.data[key] = data
+        return [self.table.send_changelog(partition, key, data, "raw", "raw")]
 
     async def _log_totals(self) -> None:
         log.info("aggregator totals: %s; crossings cached %d", self.totals, len(self.states))
