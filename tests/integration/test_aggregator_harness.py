@@ -319,6 +319,18 @@ def publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> 
     producer.close()
 
 
+def _partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 30) -> set[int]:
+    """The topic's partitions; a topic created a moment ago can be missing from the first
+    metadata (the reader then assigned nothing and failed with "No partitions are currently
+    assigned", leaving the aggregator of the test running)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts or time.monotonic() > deadline:
+            return set(parts or ())
+        time.sleep(0.2)
+
+
 class WindowReader:
     """Reads the windows topic from the start and keeps the newest version of every key."""
 
@@ -327,7 +339,7 @@ class WindowReader:
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
         )
-        parts = self.consumer.partitions_for_topic(topic) or set()
+        parts = _partitions(self.consumer, topic)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         self.consumer.assign(tps)
         self.consumer.seek_to_beginning(*tps)
@@ -379,7 +391,7 @@ def read_all(bootstrap: str, topic: str, expected_count: int, timeout_s: float) 
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
-    parts = consumer.partitions_for_topic(topic) or set()
+    parts = _partitions(consumer, topic)
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
