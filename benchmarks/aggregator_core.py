@@ -101,10 +101,9 @@ def synthetic(name: str, crossings: int, reports: int, every_ms: int, seed: int 
             else:
                 sent.append(rec)
             offset = len(case.messages)
+            key = rec["crossing_id"].encode()  # a re-send keeps its crossing's key
             case.messages.append(
-                RawMessage(
-                    "r", 0, offset, T0 + i * every_ms + HOUR, cid.encode(), encode(rec, schema)
-                )
+                RawMessage("r", 0, offset, T0 + i * every_ms + HOUR, key, encode(rec, schema))
             )
     return case
 

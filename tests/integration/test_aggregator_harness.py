@@ -150,35 +150,73 @@ def _invalid(rng: random.Random, cid: str, t: int, now: int, schema: Any) -> byt
 # --- the oracle --------------------------------------------------------------------------------
 
 
-def reference_windows(valid_in_order: dict[str, list[dict[str, Any]]]) -> dict[tuple, dict]:
-    """Every window with at least one report -> its expected fields (brute force)."""
+def reference_windows(
+    valid_in_order: dict[str, list[dict[str, Any]]],
+    *,
+    log: list[dict[str, Any]] | None = None,
+    seal_after: int | None = None,
+) -> dict[tuple, dict]:
+    """Every window with at least one report -> its expected fields (brute force).
+
+    With ``seal_after`` (the dedup horizon), ``log`` is every valid report of one partition
+    in log order, and a crossing whose partition clock (the newest ``observed_at`` before a
+    report) is ``seal_after`` past its watermark is sealed first: its windows starting at or
+    before its watermark take nothing more, and its event ids are forgotten.
+    """
+    if log is None:
+        log = [rec for records in valid_in_order.values() for rec in records]
     buckets: dict[tuple, list[tuple[int, dict[str, Any]]]] = {}
-    for cid, records in valid_in_order.items():
-        seen: set[str] = set()
-        watermark: int | None = None
-        seq = 0
-        for rec in records:
-            if rec["event_id"] in seen:
-                continue
-            seen.add(rec["event_id"])
-            seq += 1
-            t = rec["observed_at"]
-            for name, (size, step) in FAMILIES.items():
-                start = (t // step) * step
-                while start + size > t:  # every aligned window containing t
-                    if watermark is None or start + size + GRACE > watermark:
-                        key = (
-                            cid,
-                            rec["from_country"],
-                            rec["to_country"],
-                            rec["traffic_class"],
-                            name,
-                            start,
-                        )
-                        buckets.setdefault(key, []).append((seq, rec))
-                    start -= step
-            watermark = t if watermark is None else max(watermark, t)
+    seen: dict[str, set[str]] = {}
+    watermarks: dict[str, int] = {}
+    sealed: dict[str, int] = {}
+    seqs: dict[str, int] = {}
+    clock: int | None = None
+    for rec in log:
+        cid = rec["crossing_id"]
+        t = rec["observed_at"]
+        watermark = watermarks.get(cid)
+        if (
+            seal_after is not None
+            and watermark is not None
+            and clock is not None
+            and clock - watermark >= seal_after
+            and sealed.get(cid) != watermark
+        ):
+            sealed[cid] = watermark
+            seen[cid] = set()
+        clock = t if clock is None else max(clock, t)
+        ids = seen.setdefault(cid, set())
+        if rec["event_id"] in ids:
+            continue
+        floor = sealed.get(cid)
+        if not any(
+            _open((t // step) * step, size, watermark, floor) for size, step in FAMILIES.values()
+        ):
+            continue  # too late for every window: changes nothing (not even the seq)
+        ids.add(rec["event_id"])
+        seq = seqs[cid] = seqs.get(cid, 0) + 1
+        for name, (size, step) in FAMILIES.items():
+            start = (t // step) * step
+            while start + size > t:  # every aligned window containing t
+                if _open(start, size, watermark, floor):
+                    key = (
+                        cid,
+                        rec["from_country"],
+                        rec["to_country"],
+                        rec["traffic_class"],
+                        name,
+                        start,
+                    )
+                    buckets.setdefault(key, []).append((seq, rec))
+                start -= step
+        watermarks[cid] = t if watermark is None else max(watermark, t)
     return {key: _expected(key, items) for key, items in buckets.items()}
+
+
+def _open(start: int, size: int, watermark: int | None, floor: int | None) -> bool:
+    """Does the window take a report: not closed by the watermark, not sealed?"""
+    closed = watermark is not None and start + size + GRACE <= watermark
+    return not closed and (floor is None or start > floor)
 
 
 def _expected(key: tuple, items: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
@@ -281,6 +319,18 @@ def publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> 
     producer.close()
 
 
+def _partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 30) -> set[int]:
+    """The topic's partitions; a topic created a moment ago can be missing from the first
+    metadata (the reader then assigned nothing and failed with "No partitions are currently
+    assigned", leaving the aggregator of the test running)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts or time.monotonic() > deadline:
+            return set(parts or ())
+        time.sleep(0.2)
+
+
 class WindowReader:
     """Reads the windows topic from the start and keeps the newest version of every key."""
 
@@ -289,11 +339,7 @@ class WindowReader:
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
         )
-        parts = self.consumer.partitions_for_topic(topic) or set()
-        deadline = time.monotonic() + 30
-        while not parts and time.monotonic() < deadline:  # a new topic's metadata is not there yet
-            time.sleep(0.2)
-            parts = self.consumer.partitions_for_topic(topic) or set()
+        parts = _partitions(self.consumer, topic)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         self.consumer.assign(tps)
         self.consumer.seek_to_beginning(*tps)
@@ -345,7 +391,7 @@ def read_all(bootstrap: str, topic: str, expected_count: int, timeout_s: float) 
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
-    parts = consumer.partitions_for_topic(topic) or set()
+    parts = _partitions(consumer, topic)
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)

@@ -77,3 +77,32 @@ def test_whatever_the_delivery_order_each_offset_is_applied_once_and_in_order(
     order.own(0, start)
     applied = [o for o in deliveries if order.admit(0, o, 0.0) is Verdict.APPLY]
     assert applied == list(range(start, start + len(applied)))
+
+
+def test_a_gap_moves_the_next_offset_and_the_hole_to_the_first_record_after_it() -> None:
+    order = LogOrder()
+    order.own(0, 5)
+    assert order.admit(0, 9, 0.0) is Verdict.HOLE
+    assert order.skip_gap(0, 7)  # offsets 5 and 6 are transaction markers
+    assert order.next[0] == 7 and order.holes[0].offset == 7
+    assert order.admit(0, 9, 0.1) is Verdict.WAIT
+    assert order.admit(0, 7, 0.2) is Verdict.APPLY
+    assert 0 not in order.holes
+
+
+def test_a_gap_up_to_the_offset_that_found_it_lets_that_offset_apply() -> None:
+    order = LogOrder()
+    order.own(0, 5)
+    assert order.admit(0, 6, 0.0) is Verdict.HOLE
+    assert order.skip_gap(0, 6)
+    assert order.admit(0, 6, 0.0) is Verdict.APPLY
+    assert order.holes == {} and order.next[0] == 7
+
+
+def test_a_gap_never_moves_a_partition_back_nor_one_not_owned() -> None:
+    order = LogOrder()
+    order.own(0, 5)
+    assert not order.skip_gap(0, 5)
+    assert not order.skip_gap(0, 3)
+    assert not order.skip_gap(1, 9)
+    assert order.next == {0: 5}

@@ -219,6 +219,10 @@ def test_a_late_report_counts_exactly_in_the_windows_still_open_before_it(
     expected = _open_windows(t, T0 + first)
     assert got == expected
     all_windows = _open_windows(t, None)
+    if not expected:  # too late for every window: only the late counter moves
+        assert outcome is Outcome.TOO_LATE
+        assert state.counters.late == 1 and state.counters.accepted == 1 and state.seq == 1
+        return
     assert (outcome is Outcome.LATE) == (expected != all_windows)
     assert state.counters.late == (1 if expected != all_windows else 0)
     assert state.counters.accepted == 2
@@ -311,3 +315,127 @@ def test_window_spec_errors_say_what_is_expected() -> None:
         parse_families("1h:1h")
     with pytest.raises(ConfigurationError, match="unit"):
         parse_duration_ms("5 minutes")
+
+
+# --- too-late reports and the size of a state -------------------------------------------------
+
+
+def test_a_report_too_late_for_every_window_changes_only_the_late_counter() -> None:
+    state = CrossingState("x", CONFIG)
+    state.apply(record(T0 + 30 * HOUR, "live"), 0, 0)
+    state.take_changed()
+    before = encode_state(state)
+    # 24h [T0, T0+24h) is the newest window holding T0 + 10 min; it closed at T0 + 26h.
+    assert state.apply(record(T0 + 10 * MIN, "old"), 0, 1) is Outcome.TOO_LATE
+    assert state.counters.late == 1 and state.seq == 1 and "old" not in state.dedup
+    assert state.take_changed() == []
+    after = decode_state(encode_state(state), CONFIG)
+    assert (after.counters.late, after.applied) == (1, {0: 1})
+    assert (
+        encode_state(state)
+        .replace(b'"n":[1,0,1,0]', b'"n":[1,0,0,0]')
+        .replace(b"[[0,1]]", b"[[0,0]]")
+        == before
+    )
+    # A re-send of it is too late again: nothing remembers it, nothing needs to.
+    assert state.apply(record(T0 + 10 * MIN, "old"), 0, 2) is Outcome.TOO_LATE
+    assert state.counters.late == 2 and state.seq == 1
+
+
+def test_a_report_one_ms_inside_the_newest_window_grace_is_still_counted() -> None:
+    state = CrossingState("x", CONFIG)
+    state.apply(record(T0 + 26 * HOUR - 1, "live", lane="truck"), 0, 0)
+    assert state.apply(record(T0 + 10 * MIN, "old"), 0, 1) is Outcome.LATE
+    assert state.seq == 2 and "old" in state.dedup
+
+
+def test_a_backfill_of_300k_historical_reports_for_a_live_crossing_keeps_its_state_small() -> None:
+    """Before: every historical event id was kept until the watermark moved (15.7 MiB here)."""
+    state = CrossingState("x", CONFIG)
+    live = T0 + 400 * 24 * HOUR
+    state.apply(record(live, "live"), 0, 0)
+    state.take_changed()
+    small = len(encode_state(state))
+    for i in range(300_000):  # a year of history, one report every 105 s
+        outcome = state.apply(record(T0 + i * 105_000, f"backfill-{i:06d}"), 0, i + 1)
+        assert outcome is Outcome.TOO_LATE
+    assert len(state.dedup) == 1
+    assert len(encode_state(state)) <= small + 16  # the counters' digits, nothing per report
+
+
+# --- sealing quiet crossings ------------------------------------------------------------------
+
+HORIZON = CONFIG.dedup_horizon  # 26 h: the largest window plus the grace
+
+
+def test_a_crossing_is_sealed_only_once_its_partition_clock_is_the_dedup_horizon_past_it() -> None:
+    state = CrossingState("x", CONFIG)
+    for i in range(50):
+        state.apply(record(T0 + i * 10 * MIN, f"e{i}", wait=i), 0, i)
+    state.take_changed()
+    wm = state.watermark
+    big = len(encode_state(state))
+    assert not state.seal_if_idle(wm + HORIZON - 1)
+    assert state.seal_if_idle(wm + HORIZON)
+    assert not state.seal_if_idle(wm + 10 * HORIZON)  # sealed already
+    data = encode_state(state)
+    assert len(data) < 300 < big
+    again = decode_state(data, CONFIG)
+    assert (again.sealed, again.seq, again.watermark, again.applied) == (wm, 50, wm, {0: 49})
+    assert encode_state(again) == data
+
+
+def test_sealing_keeps_the_unsent_windows_for_emission() -> None:
+    plain, sealed = CrossingState("x", CONFIG), CrossingState("x", CONFIG)
+    for i in range(20):
+        for state in (plain, sealed):
+            state.apply(record(T0 + i * 7 * MIN, f"e{i}", wait=3 * i), 0, i)
+    assert sealed.seal_if_idle(sealed.watermark + HORIZON)
+    assert sealed.lanes == {} and sealed.dedup == {}
+    key = lambda r: (r["window_size"], r["window_start"])  # noqa: E731
+    assert sorted(sealed.take_changed(), key=key) == sorted(plain.take_changed(), key=key)
+
+
+def test_after_sealing_windows_that_started_by_the_watermark_take_nothing_and_seq_goes_on() -> None:
+    state = CrossingState("x", CONFIG)
+    state.apply(record(T0 + 10 * HOUR + 2 * MIN, "a"), 0, 0)
+    state.take_changed()
+    wm = state.watermark
+    state.seal_if_idle(wm + HORIZON)
+    # Older than the watermark: every window holding it started before: too late.
+    assert state.apply(record(wm - 30 * MIN, "b"), 0, 1) is Outcome.TOO_LATE
+    # A re-send of the sealed report's id is new (ids are forgotten) but too late as well.
+    assert state.apply(record(wm, "a"), 0, 2) is Outcome.TOO_LATE
+    # Just after the watermark: only windows starting after it count it.
+    t = wm + 3 * MIN  # 10:05 -> 1h windows start at 10:05 (open), 3h at 10:00 and before (sealed)
+    assert state.apply(record(t, "c"), 0, 3) is Outcome.LATE
+    rows = state.take_changed()
+    assert rows and all(r["window_start"] > wm for r in rows)
+    assert {r["window_size"] for r in rows} == {"1h"}
+    assert {r["version"] for r in rows} == {2} and state.seq == 2
+    # Past the largest window: a fresh start, every window counts it.
+    assert state.apply(record(wm + 25 * HOUR, "d"), 0, 4) is Outcome.ACCEPTED
+    assert {r["window_size"] for r in state.take_changed()} == {"1h", "3h", "24h"}
+
+
+# --- the last resort: a record that would not fit --------------------------------------------
+
+
+def test_a_flooded_crossing_keeps_the_longest_prefix_of_its_reports_that_fits() -> None:
+    from queuewatch.aggregator.bound import Step, apply_steps, fit_prefix
+
+    steps = [Step(record(T0 + i * 1000, f"flood-{i:05d}"), 0, i, T0) for i in range(200)]
+    sizes = [
+        len(encode_state(apply_steps(CrossingState("x", CONFIG), steps[:k]))) for k in range(201)
+    ]
+    assert sizes == sorted(sizes)  # each report adds an event id here
+    limit = sizes[137] + 1
+
+    def restore() -> CrossingState:
+        return CrossingState("x", CONFIG)
+
+    state, kept = fit_prefix(restore, steps, lambda s: len(encode_state(s)), limit)
+    assert kept == 137 and len(encode_state(state)) == sizes[137]
+    assert state.applied == {0: 136}
+    whole, kept = fit_prefix(restore, steps, lambda s: len(encode_state(s)), sizes[200])
+    assert kept == 200 and encode_state(whole) == encode_state(apply_steps(restore(), steps))

@@ -72,9 +72,25 @@ EXIT_UNSAFE = 70
 POSITION_FORMAT = 1
 
 
-def encode_position(next_offset: int) -> bytes:
-    """A position record: the first offset of the partition not durably applied."""
-    return b'{"f":%d,"next":%d}' % (POSITION_FORMAT, next_offset)
+def encode_position(next_offset: int, clock: int | None = None) -> bytes:
+    """A position record: the first offset of the partition not durably applied.
+
+    ``clock`` is the partition's event-time clock at that offset (the newest ``observed_at``
+    of the reports before it; see sealing in :mod:`queuewatch.aggregator.state`), so a
+    restart resumes the clock where it resumes the log.
+    """
+    if clock is None:
+        return b'{"f":%d,"next":%d}' % (POSITION_FORMAT, next_offset)
+    return b'{"f":%d,"next":%d,"clock":%d}' % (POSITION_FORMAT, next_offset, clock)
+
+
+def decode_clock(data: bytes) -> int | None:
+    """The partition clock in a position record, None if it has none (an older record)."""
+    try:
+        clock = json.loads(data).get("clock")
+    except (ValueError, AttributeError):
+        return None
+    return int(clock) if isinstance(clock, int) else None
 
 
 def decode_position(data: bytes) -> int:

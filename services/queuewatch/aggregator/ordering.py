@@ -12,7 +12,10 @@ decides itself which offset comes next in every partition it owns:
 * one above it is a *hole*: the partition must be sought back to the missing offset, and
   everything later is skipped until the missing offset arrives. A seek can be undone by
   messages faust is still delivering from an earlier fetch, so it is repeated every
-  ``reseek_every_s`` until the hole is repaired.
+  ``reseek_every_s`` until the hole is repaired;
+* unless the offsets before it hold no record we can receive (:meth:`LogOrder.skip_gap`: the
+  control records and aborted records of transactional producers, found by
+  :mod:`queuewatch.aggregator.gaps`): a gap, not a hole.
 
 This module holds no Kafka client: :class:`LogOrder` says what to do, the app does it.
 """
@@ -90,6 +93,21 @@ class LogOrder:
                 hole.sought_at = now
                 out[partition] = hole.offset
         return out
+
+    def skip_gap(self, partition: int, first: int) -> bool:
+        """The partition's next record is at ``first``: the offsets before it hold none.
+
+        Moves the next offset (and a hole being repaired) up to ``first``. True when it moved;
+        False when ``first`` is not past the next offset (nothing is skipped).
+        """
+        want = self.next.get(partition)
+        if want is None or first <= want:
+            return False
+        self.next[partition] = first
+        hole = self.holes.get(partition)
+        if hole is not None:
+            hole.offset = first
+        return True
 
     def skip_deleted(self, partition: int, first: int) -> bool:
         """The partition's log now starts at ``first``: offsets before it are gone for good.

@@ -7,10 +7,27 @@ What a report does (:meth:`CrossingState.apply`):
    record as its effect, so both are written or neither is).
 2. A known ``event_id`` is a duplicate: ignored everywhere, whatever its content; the first
    arrival wins. Event ids are remembered for ``dedup_horizon`` ms of watermark time.
-3. Otherwise the report is accepted and gets the next ``seq`` (1, 2, ...). Per window family
+3. A report for which every window containing it, in every family, is closed
+   (``window_end + grace <= watermark`` before it) is *too late*: it changes no window, so it
+   changes nothing but the ``late`` counter. It gets no ``seq`` and its ``event_id`` is not
+   remembered (a re-send of it is too late again, so nothing needs it): this is what keeps a
+   backfill of history for a live crossing from growing the state without bound (300k
+   historical reports made a 15.7 MiB record, 16 MiB is the most a record may hold).
+4. Otherwise the report is accepted and gets the next ``seq`` (1, 2, ...). Per window family
    it goes into its pane unless every window containing it is closed; a window closed for it
-   (``window_end + grace <= watermark`` before it) does not count it, and the report is
-   counted as late. Then the watermark becomes ``max(watermark, observed_at)``.
+   does not count it, and the report is counted as late. Then the watermark becomes
+   ``max(watermark, observed_at)``.
+
+A crossing's own watermark cannot move while it is quiet, so its windows would stay open and
+its panes and event ids kept for ever. So a crossing whose partition's clock (the newest
+``observed_at`` of any report applied in the partition, in log order) is ``dedup_horizon`` or
+more past its watermark is *sealed* (:meth:`CrossingState.seal_if_idle`): every window that
+started at or before its watermark is final (as if closed: a later report counts in it
+nowhere and is late), its unsent windows are kept as snapshots, and its panes and event ids
+are dropped. ``seq``, the watermark, the counters and the applied offsets stay, so versions
+keep growing and a replay stays exact. The rule depends only on the log's order, so whether
+the app seals a quiet crossing from its timer (to free it) or the crossing's next report
+does, the result is the same.
 
 Windows are produced on demand (:meth:`CrossingState.take_changed`) from *dirty* panes. A
 window is only ever computed from its panes while it is open (every report in its panes then
@@ -46,6 +63,7 @@ class Outcome(Enum):
 
     ACCEPTED = "accepted"
     LATE = "late"  # accepted, but too late for at least one window containing it
+    TOO_LATE = "too_late"  # too late for every window: counted as late, nothing else changes
     DUPLICATE = "duplicate"
     REPLAYED = "replayed"  # its log position was applied before (at-least-once redelivery)
 
@@ -60,9 +78,12 @@ class AggregationConfig:
     spec: str = ""
     #: ``(family, pane length)`` per family: read for every report, so computed once
     layout: tuple[tuple[WindowFamily, int], ...] = field(init=False, repr=False, compare=False)
+    #: the largest window size
+    largest: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layout", tuple((f, f.pane) for f in self.families))
+        object.__setattr__(self, "largest", max(f.size for f in self.families))
 
     @classmethod
     def from_spec(cls, windows: str, grace: str, dedup_horizon: str = "") -> AggregationConfig:
@@ -92,6 +113,7 @@ class Counters:
 
     accepted: int = 0
     duplicates: int = 0
+    #: accepted reports late for some window, and too-late reports (every delivery of one)
     late: int = 0
     replayed: int = 0
 
@@ -109,6 +131,7 @@ class CrossingState:
         "dedup_order",
         "dedup_trimmed",
         "lanes",
+        "sealed",
         "seq",
         "snap_json",
         "snapshots",
@@ -120,6 +143,8 @@ class CrossingState:
         self.config = config
         self.seq = 0
         self.watermark = NO_WATERMARK
+        #: windows starting at or before this are final (see the module doc: sealing)
+        self.sealed = NO_WATERMARK
         self.counters = Counters()
         #: partition -> last offset applied (replays at or below it are skipped)
         self.applied: dict[int, int] = {}
@@ -155,11 +180,18 @@ class CrossingState:
             self.counters.duplicates += 1
             return Outcome.DUPLICATE
 
-        self.seq += 1
-        seq = self.seq
         t: int = record["observed_at"]
         wm0 = self.watermark
         grace = self.config.grace
+        # Every window containing t ends after t, so none is closed while t + grace >= wm0
+        # (the usual case): the lateness tests below are needed only for older reports.
+        sealed = self.sealed
+        maybe_late = t + grace < wm0 or t < sealed + self.config.largest
+        if maybe_late and self._too_late(t, wm0):
+            self.counters.late += 1
+            return Outcome.TOO_LATE
+        self.seq += 1
+        seq = self.seq
         lane_key = (record["from_country"], record["to_country"], record["traffic_class"])
         lane = self.lanes.get(lane_key)
         if lane is None:
@@ -170,13 +202,14 @@ class CrossingState:
         length = record.get("queue_length_km")
         status = record.get("status") or "unknown"
         late = False
-        # Every window containing t ends after t, so none is closed while t + grace >= wm0
-        # (the usual case): the lateness tests below are needed only for older reports.
-        maybe_late = t + grace < wm0
         for (fam, pane_len), fstate in zip(self.config.layout, lane, strict=True):
-            if maybe_late and fam.first_window_start(t) + fam.size + grace <= wm0:
+            if maybe_late and (
+                fam.first_window_start(t) + fam.size + grace <= wm0
+                or fam.first_window_start(t) <= sealed
+            ):
                 late = True  # the oldest window containing t is closed
-                if fam.last_window_start(t) + fam.size + grace <= wm0:
+                last = fam.last_window_start(t)
+                if last + fam.size + grace <= wm0 or last <= sealed:
                     continue  # every window containing t is closed: the pane is not needed
             p = t - t % pane_len
             pane = fstate.panes.get(p)
@@ -196,6 +229,36 @@ class CrossingState:
             if wm0 != NO_WATERMARK:
                 self._on_watermark(wm0, wm1)
         return Outcome.LATE if late else Outcome.ACCEPTED
+
+    def _too_late(self, t: int, wm: int) -> bool:
+        """True when the newest window containing ``t`` of every family is closed at ``wm``."""
+        grace = self.config.grace
+        sealed = self.sealed
+        for fam, _ in self.config.layout:
+            last = fam.last_window_start(t)
+            if last + fam.size + grace > wm and last > sealed:
+                return False
+        return True
+
+    def seal_if_idle(self, clock: int) -> bool:
+        """Seal the crossing if ``clock`` is ``dedup_horizon`` past its watermark (module doc).
+
+        ``clock`` is the newest ``observed_at`` applied in the crossing's partition before now.
+        Unsent windows become snapshots (still emitted); panes and event ids are dropped.
+        True when it sealed now; False when not idle long enough or sealed already.
+        """
+        wm = self.watermark
+        if wm == NO_WATERMARK or wm == self.sealed or clock - wm < self.config.dedup_horizon:
+            return False
+        for key, row in self._changed_rows():
+            self.snapshots[key] = row
+        self.lanes = {}
+        self.dedup = {}
+        self.dedup_order = None
+        self.dedup_trimmed = 0
+        self.dedup_json = None
+        self.sealed = wm
+        return True
 
     def _on_watermark(self, wm0: int, wm1: int) -> None:
         """Snapshot changed windows that just closed; evict what no window needs any more."""
@@ -265,7 +328,10 @@ class CrossingState:
         # ``dirty[p] < end + grace``. Every dirty value is a watermark before a change, so at
         # most wm0, and every window here has end + grace > wm0: any dirty pane will do.
         dirty_panes = dirty.keys()
-        changed = [s for s in candidates if not dirty_panes.isdisjoint(fam.panes_of(s))]
+        sealed = self.sealed
+        changed = [
+            s for s in candidates if s > sealed and not dirty_panes.isdisjoint(fam.panes_of(s))
+        ]
         if not changed:
             return
         for row in self._window_rows(lane_key, index, fam, changed):
@@ -308,8 +374,15 @@ class CrossingState:
         rows = list(self.snapshots.values())
         self.snapshots.clear()
         self.snap_json.clear()  # the cache must not outlive its rows (memory)
+        rows.extend(row for _, row in self._changed_rows())
+        return rows
+
+    def _changed_rows(self) -> list[tuple[WindowKey, dict[str, Any]]]:
+        """The open windows changed since the last emission, keyed; clears the dirty marks."""
+        out: list[tuple[WindowKey, dict[str, Any]]] = []
         grace = self.config.grace
         wm = self.watermark
+        sealed = self.sealed
         for lane_key, lane in self.lanes.items():
             for index, (fam, fstate) in enumerate(zip(self.config.families, lane, strict=True)):
                 if not fstate.dirty:
@@ -320,8 +393,9 @@ class CrossingState:
                         end = s + fam.size
                         # open now (else it was snapshotted when it closed, if it changed),
                         # and open for the first change of this pane (else not changed by it)
-                        if end + grace > wm and end + grace > first_wm:
+                        if end + grace > wm and end + grace > first_wm and s > sealed:
                             starts.add(s)
                 fstate.dirty.clear()
-                rows.extend(self._window_rows(lane_key, index, fam, sorted(starts)))
-        return rows
+                for row in self._window_rows(lane_key, index, fam, sorted(starts)):
+                    out.append(((lane_key, index, row["window_start"]), row))
+        return out

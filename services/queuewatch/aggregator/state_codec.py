@@ -15,6 +15,7 @@ from typing import Any
 
 from queuewatch.aggregator.pane import Pane
 from queuewatch.aggregator.state import (
+    NO_WATERMARK,
     AggregationConfig,
     Counters,
     CrossingState,
@@ -156,6 +157,8 @@ def encode_state(state: CrossingState) -> bytes:
         "n": [c.accepted, c.duplicates, c.late, c.replayed],
         "applied": [[p, o] for p, o in state.applied.items()],
     }
+    if state.sealed != NO_WATERMARK:  # absent until sealed: older records read the same
+        head["sealed"] = state.sealed
     text = (
         f'{_dumps(head)[:-1]},"dedup":{_dedup_json(state)},"lanes":{_lanes_json(state)},'
         f'"snap":{_snap_json(state)}}}'
@@ -185,6 +188,7 @@ def decode_state(data: bytes, config: AggregationConfig) -> CrossingState:
     state.watermark = obj["wm"]
     state.counters = Counters(*obj["n"])
     state.applied = {int(p): int(o) for p, o in obj["applied"]}
+    state.sealed = int(obj.get("sealed", NO_WATERMARK))
     state.dedup = {k: v for k, v in obj["dedup"]}
     for lane_key, fams in obj["lanes"]:
         lane: list[FamilyState] = []

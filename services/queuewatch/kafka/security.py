@@ -111,6 +111,10 @@ class KafkaSecurity:
             kwargs["sasl_plain_password"] = self.password.get_secret_value()
         return kwargs
 
+    def aiokafka(self) -> dict[str, Any]:
+        """Keyword arguments for an aiokafka client of ours (named as kafka-python names them)."""
+        return self.kafka_python()
+
     def faust_credentials(self) -> Any:
         """faust's ``broker_credentials`` (None for PLAINTEXT): faust hands them to aiokafka."""
         from faust.auth import SASLCredentials, SSLCredentials

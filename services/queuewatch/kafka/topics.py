@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from queuewatch.errors import ConfigurationError
 from queuewatch.kafka.security import KafkaSecurity
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 DAY_MS = 24 * 3600 * 1000
 #: Configs whose larger value keeps more data: raising one deletes nothing.
 _RETENTION_KEYS = ("retention.ms", "retention.bytes")
+#: Largest record the aggregator writes (a state record, a dead letter): 16 MiB. The reports
+#: topic keeps the broker's 1 MB limit, but on *compressed* batches: a report's value can be
+#: far larger once decompressed, and its dead letter (sent uncompressed, whole) must fit.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,16 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
             {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"},
         ),
         # Dead letters keep the original bytes for a person to inspect and replay: forever too.
-        TopicSpec(settings.dlq_topic, 3, {"retention.ms": "-1", "cleanup.policy": "delete"}),
+        # Letters up to MAX_RECORD_BYTES go whole; larger ones are cut (aggregator/intake.py).
+        TopicSpec(
+            settings.dlq_topic,
+            3,
+            {
+                "retention.ms": "-1",
+                "cleanup.policy": "delete",
+                "max.message.bytes": str(MAX_RECORD_BYTES),
+            },
+        ),
         # Derived data (the aggregator rebuilds it from the log); keyed by crossing, so not
         # compacted: compaction would keep one window per crossing. Kept long enough for the
         # window sink to come back from an outage (QUEUEWATCH_WINDOWS_RETENTION_DAYS);
@@ -230,3 +243,35 @@ def ensure_topics(
         return created
     finally:
         admin.close()
+
+
+def max_message_bytes(bootstrap: str, topic: str, security: KafkaSecurity | None = None) -> int:
+    """The largest record batch ``topic`` accepts (its ``max.message.bytes``, as the broker says).
+
+    A topic created before its spec had a limit keeps the broker's default (1 MB): senders ask
+    rather than assume, so a record is cut to fit instead of being refused forever.
+    """
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="queuewatch-admin",
+        **(security or KafkaSecurity()).kafka_python(),
+    )
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})],
+            config_filter="all",
+        )
+    except KafkaError as exc:
+        raise ConfigurationError(
+            f"cannot read the configs of topic {topic} ({exc}); create it with `queuewatch "
+            "topics` (or `queuewatch up`)"
+        ) from exc
+    finally:
+        admin.close()
+    try:
+        return int(described["topic"][topic]["max.message.bytes"]["value"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"the broker did not say topic {topic}'s max.message.bytes ({described!r:.200}); "
+            "check that it exists: `queuewatch topics`"
+        ) from exc
