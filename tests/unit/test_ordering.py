@@ -106,3 +106,21 @@ def test_a_gap_never_moves_a_partition_back_nor_one_not_owned() -> None:
     assert not order.skip_gap(0, 3)
     assert not order.skip_gap(1, 9)
     assert order.next == {0: 5}
+
+
+def test_a_silent_partition_becomes_a_hole_at_its_next_offset_and_is_repaired_by_it() -> None:
+    order = LogOrder(reseek_every_s=1.0)
+    order.own(8, 14)
+    assert order.silent(8, now=100.0) == 14
+    assert order.holes[8].offset == 14
+    assert order.silent(8, now=101.0) is None  # already being repaired
+    assert order.admit(8, 20, now=101.5) is Verdict.WAIT  # later offsets wait for 14
+    assert order.due(now=102.0) == {8: 14}  # sought back again like any hole
+    assert order.admit(8, 14, now=102.5) is Verdict.APPLY
+    assert 8 not in order.holes
+
+
+def test_a_partition_not_owned_is_never_silent() -> None:
+    order = LogOrder()
+    assert order.silent(3, now=1.0) is None
+    assert order.holes == {}

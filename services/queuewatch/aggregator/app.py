@@ -71,6 +71,9 @@ _POSITION_KEY = b"\x00position/%d"
 #: faust drops re-fetched messages below offsets it is still delivering from an earlier
 #: fetch (``Consumer._read_offset``), so one seek is not always enough.
 _RESEEK_EVERY_S = 1.0
+#: A partition with lag that delivered nothing for this long, while the client has read past
+#: what we were given, is silent: faust dropped fetched records (see LogOrder.silent).
+_SILENT_AFTER_S = 10.0
 #: How often quiet crossings are sealed and dropped from memory, and emitted ones unmarked.
 _EVICT_EVERY_S = 10.0
 #: A state record's head: watermark, one applied partition, and whether sealed (state_codec
@@ -144,6 +147,7 @@ class Aggregator:
             **{o.value: 0 for o in Outcome},
             "redelivered": 0,  # below the partition's next offset: applied before, skipped
             "holes": 0,  # above it: the partition was sought back
+            "silent": 0,  # lag, nothing delivered: sought back to the next offset
         }
         self._scan_needed = True
         self._stopping = False
@@ -161,6 +165,10 @@ class Aggregator:
         #: each owned partition's clock: the newest observed_at applied in it (see sealing in
         #: ``state``); loaded from its position record on first use, dropped on revoke
         self._clocks: dict[int, int] = {}
+        #: each owned partition's last delivery (any verdict), and the end offset up to which
+        #: the gap probe found nothing we can receive (transaction markers at the end)
+        self._delivered_at: dict[int, float] = {}
+        self._nothing_before: dict[int, int] = {}
         #: the clock of each queued position record
         self._position_clocks: dict[int, int] = {}
         #: crossings emitted whose record still carries the changed mark (see _evict_idle)
@@ -244,6 +252,8 @@ class Aggregator:
             self.changed.discard(cid)
         for partition in gone:
             self.order.disown(partition)
+            self._delivered_at.pop(partition, None)
+            self._nothing_before.pop(partition, None)
             self._positions.pop(partition, None)
             self._clocks.pop(partition, None)
 
@@ -273,6 +283,7 @@ class Aggregator:
             if data:
                 start = max(start, checkpoint.decode_position(data))
             self.order.own(tp.partition, start)
+            self._delivered_at[tp.partition] = time.monotonic()
             starts[tp] = start
         # faust seeks every partition to the group's committed offset right after this
         # callback: make that offset ours (faust has no public hook after its seek).
@@ -350,8 +361,10 @@ class Aggregator:
         seek: dict[TP, int] = {}
         order = self.order
         now = time.monotonic()
+        delivered = self._delivered_at
         for event in events:
             m = event.message
+            delivered[m.partition] = now
             holed = order.holes and m.partition in order.holes
             verdict = order.admit(m.partition, m.offset, now)
             if verdict is Verdict.APPLY:
@@ -707,9 +720,10 @@ class Aggregator:
         self.guard.beat()
         self.guard.start()
         self.watch.begin()
+        silent: list[tuple[TP, int, int]] = []
         try:
             position, lag, blocked = await asyncio.wait_for(
-                self._sample_progress(), timeout=max(2 * self.watch_interval_s, 5.0)
+                self._sample_progress(silent), timeout=max(2 * self.watch_interval_s, 5.0)
             )
         except asyncio.CancelledError:
             raise
@@ -718,6 +732,13 @@ class Aggregator:
             lag = max(self.watch.lag or 1, 1)
             why = "no answer in time" if isinstance(exc, TimeoutError) else f"{exc!r}"
             blocked = f"the input's end offsets cannot be read from Kafka ({why})"
+        if silent:
+            try:
+                await self._repair_silent(silent)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next sample finds it silent again
+                log.warning("seeking back a silent partition failed (%s); retrying", exc)
         stall = self.watch.observe(position, lag, blocked)
         self.heartbeat.write(
             self.watch,
@@ -727,13 +748,16 @@ class Aggregator:
         if stall is not None:
             self._stalled(stall)
 
-    async def _sample_progress(self) -> tuple[int, int, str | None]:
+    async def _sample_progress(
+        self, silent: list[tuple[TP, int, int]]
+    ) -> tuple[int, int, str | None]:
         """(position, lag, what blocks the work) of this worker's share of the reports topic.
 
         The position is the sum of the owned partitions' next offsets, the lag how far they
         are from the end. While a rebalance or the state's recovery runs, the restored
         changelog offsets count as position and the work as pending: a rebalance that never
-        ends is a stall too.
+        ends is a stall too. Partitions that look silent (lag, no delivery for
+        ``_SILENT_AFTER_S``, the client past our next offset) are added to ``silent``.
         """
         app = self.app
         recovery = app.tables.recovery  # type: ignore[attr-defined]
@@ -752,9 +776,7 @@ class Aggregator:
         if not tps:
             return position, 0, blocked
         ends = await consumer.highwaters(*tps)
-        idle = not self.steps.busy() and (
-            time.monotonic() - self.steps.last_done_at >= self.watch_interval_s
-        )
+        now = time.monotonic()
         lag = 0
         unowned = []
         for tp in tps:
@@ -765,13 +787,18 @@ class Aggregator:
                 lag += end
                 continue
             behind = end - nxt
-            if behind > 0 and idle:
-                # Transaction markers at the end of a partition are offsets no consumer ever
-                # receives: when the client has fetched up to the end and we wait for more,
-                # the partition is caught up.
+            if behind > 0 and self._nothing_before.get(tp.partition) == end:
+                behind = 0  # only transaction markers or aborted records left (probed)
+            quiet = now - self._delivered_at.get(tp.partition, now)
+            if behind > 0 and quiet >= _SILENT_AFTER_S and tp.partition not in self.order.holes:
                 fetched = await consumer.position(tp)
-                if fetched is not None and fetched >= end:
-                    behind = 0
+                if fetched is not None and fetched > nxt:
+                    silent.append((tp, nxt, end))
+                elif tp in consumer._paused_partitions:  # type: ignore[attr-defined]
+                    # Paused outside a rebalance and nothing fetched: a recovery that ended
+                    # early (a new generation) never resumed it.
+                    log.warning("partition %d: paused with lag %d; resuming", tp.partition, behind)
+                    consumer.resume_partitions({tp})
             lag += max(0, behind)
         if unowned and not blocked:
             blocked = (
@@ -779,6 +806,50 @@ class Aggregator:
                 "position (did the recovery callback fail? see the log above)"
             )
         return position, lag, blocked
+
+    async def _repair_silent(self, silent: list[tuple[TP, int, int]]) -> None:
+        """Ask the broker what follows each silent partition's next offset, and act on it.
+
+        Nothing we can receive: the lag is transaction markers or aborted records, so the
+        partition is caught up. A record further on: the offsets before it are a gap. A record
+        at the next offset (after any gap), never given to us: a silent hole, sought back
+        like any hole until it arrives.
+        """
+        topic = self.common.reports_topic
+        async with self._emit_lock:
+            seek: dict[TP, int] = {}
+            for tp, nxt, end in silent:
+                if self.order.next.get(tp.partition) != nxt:
+                    continue  # it moved meanwhile
+                first = await self.gaps.first_at_or_after(topic, tp.partition, nxt)
+                if first is None:
+                    self._nothing_before[tp.partition] = end
+                    continue
+                if first > nxt and self.order.skip_gap(tp.partition, first):
+                    log.info(
+                        "partition %d: offsets %d..%d hold no reports (transaction markers or "
+                        "aborted records); going on at %d",
+                        tp.partition,
+                        nxt,
+                        first - 1,
+                        first,
+                    )
+                    nxt = first
+                want = self.order.silent(tp.partition, time.monotonic())
+                if want is None:
+                    continue
+                self.totals["silent"] += 1
+                seek[tp] = want
+                log.warning(
+                    "partition %d: lag %d and nothing delivered for %.0f s although the client "
+                    "read past offset %d (faust dropped fetched records); seeking back",
+                    tp.partition,
+                    end - nxt,
+                    time.monotonic() - self._delivered_at.get(tp.partition, 0.0),
+                    want,
+                )
+            if seek:
+                await self._seek(seek)
 
     def _stalled(self, stall: Stall) -> None:
         self.heartbeat.write(self.watch, reason=stall.reason)

@@ -109,6 +109,22 @@ class LogOrder:
             hole.offset = first
         return True
 
+    def silent(self, partition: int, now: float) -> int | None:
+        """The partition has input we were never given: repair it as a hole at its next offset.
+
+        Why: faust drops the records it fetched for a partition that was paused between the
+        fetch and their delivery (a rebalance, table recovery) and keeps the fetch position
+        past them. A later record then shows the hole, but when the dropped records were the
+        partition's last, nothing ever arrives: the partition is silent with lag. The caller
+        decides it is silent; from here on the usual repair seeks it back until the offset
+        arrives. Returns the offset to seek to, or None when not owned or already a hole.
+        """
+        want = self.next.get(partition)
+        if want is None or partition in self.holes:
+            return None
+        self.holes[partition] = Hole(want, now, now)
+        return want
+
     def skip_deleted(self, partition: int, first: int) -> bool:
         """The partition's log now starts at ``first``: offsets before it are gone for good.
 
