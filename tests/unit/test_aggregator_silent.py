@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from faust.types import TP
 
@@ -50,7 +50,7 @@ class Consumer:
 
 class Recovery:
     in_recovery = False
-    active_offsets: dict[TP, int] = {}
+    active_offsets: ClassVar[dict[TP, int]] = {}
 
 
 class App:
