@@ -55,6 +55,18 @@ def status(env: dict[str, str]) -> tuple[int, str, dict[str, object]]:
     return text.returncode, text.stdout + text.stderr, json.loads(data.stdout)
 
 
+def health(env: dict[str, str], kind: str) -> subprocess.CompletedProcess[str]:
+    """`queuewatch health KIND`, the compose healthcheck, on the same home."""
+    return subprocess.run(
+        [sys.executable, "-m", "queuewatch", "health", kind],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def group_lag(report: dict[str, object], group: str) -> int:
     groups = report["groups"]
     assert isinstance(groups, list)
@@ -87,6 +99,9 @@ def test_a_frozen_aggregator_is_shown_stalled_with_its_lag_and_status_exits_non_
         )
         pid = up.child("aggregator")["pid"]
         assert isinstance(pid, int)
+        healthy = health(env, "aggregator")
+        assert healthy.returncode == 0, healthy.stderr
+        assert f"aggregator pid {pid}: ok" in healthy.stdout
         os.kill(pid, signal.SIGSTOP)
         frozen = pid
         publish(bootstrap, "queue-reports", scenario.messages[half:])
@@ -101,6 +116,9 @@ def test_a_frozen_aggregator_is_shown_stalled_with_its_lag_and_status_exits_non_
         lag = group_lag(report, "queuewatch-aggregator")
         assert lag > 0
         assert f"group queuewatch-aggregator lag {lag}" in text, text
+        frozen_check = health(env, "aggregator")  # the container healthcheck says so too
+        assert frozen_check.returncode == 1
+        assert f"aggregator (pid {pid}) has not reported for" in frozen_check.stderr
 
         os.kill(pid, signal.SIGCONT)
         frozen = None

@@ -524,3 +524,14 @@ def test_make_compose_up_builds_the_image_only_when_no_prebuilt_one_is_named() -
     assert " --build" in _make_compose_up()
     prebuilt = _make_compose_up(QUEUEWATCH_IMAGE="registry.example/queuewatch:1.2.3")
     assert " --build" not in prebuilt and " --no-build" in prebuilt
+
+
+def test_every_processor_has_a_healthcheck_on_its_own_heartbeat(services: dict[str, Any]) -> None:
+    for name, kind in (
+        ("aggregator", "aggregator"),
+        ("raw-sink", "raw-sink"),
+        ("window-sink", "windows-sink"),
+    ):
+        check = services[name].get("healthcheck", {})
+        assert check.get("test") == ["CMD", "queuewatch", "health", kind], name
+        assert check.get("start_period"), f"{name} needs time to join its group first"
