@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from queuewatch.aggregator.state import AggregationConfig
 from queuewatch.settings import AggregatorSettings
@@ -213,7 +213,7 @@ def run_soak(config: SoakConfig, echo: Callable[[str], None] = print) -> SoakRes
             if not pipeline.broker_running():
                 result.broker_restart_s.append(pipeline.start_broker())
         say(f"publishing stopped: {result.published}; waiting for every group to catch up")
-        _catch_up(pipeline, config.catch_up_timeout_s, result, say)
+        wait_caught_up(pipeline, config.catch_up_timeout_s, result, say)
         result.restarts = {
             c["name"]: int(c.get("restarts", 0)) for c in pipeline.state()["children"]
         }
@@ -276,8 +276,20 @@ def _act(pipeline: SoakPipeline, action: Action, result: SoakResult) -> str:
     return text
 
 
-def _catch_up(
-    pipeline: SoakPipeline, timeout_s: float, result: SoakResult, say: Callable[[str], None]
+class LagSource(Protocol):
+    """What the catch-up wait needs of a pipeline."""
+
+    def lags(self) -> list[GroupLag]:
+        """Each processor group's lag now."""
+        ...
+
+
+def wait_caught_up(
+    pipeline: LagSource,
+    timeout_s: float,
+    result: SoakResult,
+    say: Callable[[str], None],
+    check_every_s: float = SETTLE_CHECK_S,
 ) -> None:
     """Wait until every group's lag is 0 twice in a row; a timeout marks a stall."""
     t0 = time.monotonic()
@@ -311,7 +323,7 @@ def _catch_up(
         if now >= next_note:
             next_note = now + 30
             say("still catching up: " + ", ".join(f"{g.group} lag {g.lag}" for g in last))
-        time.sleep(SETTLE_CHECK_S)
+        time.sleep(check_every_s)
     result.stalled = True
     now = time.monotonic()
     result.lags = [

@@ -8,6 +8,8 @@ import pytest
 
 from tests.support import soak_plan as p
 from tests.support.soak_oracle import compare_raw, compare_windows
+from tests.support.soak_pipeline import GroupLag
+from tests.support.soak_run import SoakResult, wait_caught_up
 
 KEY_FIELDS = ("crossing_id", "from_country", "to_country", "traffic_class", "window_size")
 ROW = {
@@ -121,3 +123,32 @@ def test_raw_rows_lost_doubled_unexpected_and_wrong_copy_are_told_apart() -> Non
     assert (diff.lost, diff.doubled, diff.unexpected, diff.wrong_copy) == (1, 1, 1, 1)
     assert diff.wrong == 4
     assert compare_raw(expected, rows[:1] + rows[2:3]).lost == 1
+
+
+class FakeLags:
+    """Lag readings in turn (the last one repeats)."""
+
+    def __init__(self, *readings: dict[str, int]) -> None:
+        self.readings = list(readings)
+
+    def lags(self) -> list[GroupLag]:
+        reading = self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+        return [GroupLag(g, "t", lag, {0: -lag}) for g, lag in reading.items()]
+
+
+def test_lag_at_zero_twice_in_a_row_is_caught_up() -> None:
+    result = SoakResult(seed=1, minutes=1)
+    lags = FakeLags({"agg": 5, "sink": 0}, {"agg": 0, "sink": 0}, {"agg": 0, "sink": 0})
+    wait_caught_up(lags, 5.0, result, lambda _: None, check_every_s=0.01)
+    assert not result.stalled and result.catch_up_s is not None
+
+
+def test_a_group_whose_lag_does_not_move_is_a_stall_with_its_lag() -> None:
+    result = SoakResult(seed=1, minutes=1)
+    said: list[str] = []
+    lags = FakeLags({"agg": 0, "sink": 0}, {"agg": 3416, "sink": 0})
+    wait_caught_up(lags, 0.3, result, said.append, check_every_s=0.01)
+    assert result.stalled and not result.ok
+    assert [(g["group"], g["lag"]) for g in result.lags] == [("agg", 3416), ("sink", 0)]
+    assert result.lags[0]["last_progress_s_ago"] > 0.1
+    assert "STALLED" in said[-1] and "STALLED" in result.summary()
