@@ -1,4 +1,4 @@
-"""The chaos soak's plan and verdict logic (pure: no broker, no processes)."""
+"""The chaos soak's pure parts: its seeded plan, its comparisons and its verdict (no broker)."""
 
 from __future__ import annotations
 
