@@ -172,18 +172,31 @@ class SoakPipeline:
                 raise SoakError(f"{name} has not been running for {timeout_s} s:\n{self.tail()}")
             time.sleep(0.2)
 
+    def signal_child(self, name: str, sig: int) -> int:
+        """Send ``sig`` to one of `up`'s running children; its pid.
+
+        A child that dies between the look-up and the signal (it crashed by itself) is looked
+        up again: `up` restarts it, and the fault lands on the new process.
+        """
+        deadline = time.monotonic() + CHILD_TIMEOUT_S
+        while True:
+            pid = self.child_pid(name)
+            try:
+                os.kill(pid, sig)
+                return pid
+            except ProcessLookupError:
+                if time.monotonic() > deadline:
+                    raise SoakError(f"{name} kept dying before it could be signalled") from None
+                time.sleep(0.2)
+
     def kill_child(self, name: str) -> int:
         """SIGKILL one of `up`'s children; its pid."""
-        pid = self.child_pid(name)
-        os.kill(pid, signal.SIGKILL)
-        return pid
+        return self.signal_child(name, signal.SIGKILL)
 
     def freeze_sink(self) -> int:
         """SIGSTOP ``sink all``: the ClickHouse outage starts."""
-        pid = self.child_pid("sink-all")
-        os.kill(pid, signal.SIGSTOP)
-        self.frozen = pid
-        return pid
+        self.frozen = self.signal_child("sink-all", signal.SIGSTOP)
+        return self.frozen
 
     def thaw_sink(self) -> bool:
         """SIGCONT the frozen sink, unless it was killed meanwhile (then `up` restarted it)."""
@@ -192,7 +205,10 @@ class SoakPipeline:
             return False
         if self.child("sink-all").get("pid") != pid or not pid_alive(pid):
             return False
-        os.kill(pid, signal.SIGCONT)
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            return False
         return True
 
     def kill_broker(self) -> int:
