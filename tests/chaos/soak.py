@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         REPO_ROOT / "var" / "chaos" / f"{time.strftime('%Y%m%dT%H%M%S')}-seed{seed}"
     )
     if workdir.exists() and any(workdir.iterdir()):
-        parser.error(f"{workdir} is not empty; every soak needs a fresh folder")
+        parser.error(
+            f"{workdir} is not empty; every soak needs a fresh folder: remove it or pass "
+            "another --workdir"
+        )
     libs = Path(os.environ.get("QUEUEWATCH_KAFKA_LIBS", REPO_ROOT / "infra/kafka/target/libs"))
     plan = PlanConfig.ci(args.minutes * 60) if args.ci else PlanConfig.for_minutes(args.minutes)
 
