@@ -8,10 +8,14 @@ STAMP  := $(VENV)/.installed
 PYTEST_FLAGS ?= -p no:cacheprovider --durations=20
 # Extra arguments for `queuewatch up`, e.g. make run UP_ARGS=--no-simulate
 UP_ARGS ?=
+# The chaos soak's publishing time and extra arguments, e.g. make chaos CHAOS_MINUTES=30
+# CHAOS_ARGS="--seed 7" (docs/reliability.md, "Chaos soak").
+CHAOS_MINUTES ?= 10
+CHAOS_ARGS ?=
 # The test suite runs the benchmark harness's smoke run, so the bench tools are installed too.
 EXTRAS ?= dev,bench
 
-.PHONY: help run test test-unit test-integration test-chaos lint bench bench-smoke broker \
+.PHONY: help run test test-unit test-integration test-chaos chaos lint bench bench-smoke broker \
 	install docs clean compose-up compose-down
 
 help: ## List the targets
@@ -53,6 +57,9 @@ test-integration: install broker ## Only the integration tests
 
 test-chaos: install broker ## Only the chaos tests (kill, restart, outage)
 	$(BIN)/pytest $(PYTEST_FLAGS) tests/chaos
+
+chaos: install broker ## The full chaos soak: kills, broker kills, outage, scaling, then checks
+	$(BIN)/python -m tests.chaos.soak --minutes $(CHAOS_MINUTES) $(CHAOS_ARGS)
 
 lint: install ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check services tests benchmarks
