@@ -61,3 +61,22 @@ def test_a_function_named_by_a_column_transformer_is_checked_like_a_call(
     sql = template.format(path=secret)
     with pytest.raises(QueryRefusedError, match=r"the function \w+\(\) is not allowed"):
         reader.run(sql, "jsonl")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT inIgnoreSet(1, system.processes)",
+        "SELECT notInIgnoreSet(1, system.processes)",
+        "SELECT globalInIgnoreSet(1, system.processes)",
+        "SELECT globalNotNullInIgnoreSet(1, system.processes)",
+        "SELECT nullInIgnoreSet('x', default.t)",
+    ],
+)
+def test_the_ignore_set_forms_of_in_are_checked_for_their_table(
+    reader: GuardedReader, sql: str
+) -> None:
+    """`inIgnoreSet(x, system.processes)` reads the table into a set like `x IN` does, but the
+    guard knew only the plain IN names, so the table allow-list did not apply."""
+    with pytest.raises(QueryRefusedError, match=r"(not readable here|outside the database)"):
+        reader.run(sql, "jsonl")

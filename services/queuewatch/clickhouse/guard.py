@@ -91,9 +91,15 @@ DENIED_FUNCTIONS = frozenset(
 #: URLs, databases), so none is reachable from a read.
 DENIED_FUNCTION_PREFIXES = ("dict",)
 
-#: Functions whose second argument names a table when it is a bare identifier (``x IN db.t``).
+#: Functions whose second argument names a table when it is a bare identifier (``x IN db.t``),
+#: the ``...IgnoreSet`` forms included: `inIgnoreSet(1, system.processes)` still reads the table
+#: into a set.
 _IN_FUNCTIONS = frozenset(
-    {"in", "notin", "globalin", "globalnotin", "nullin", "notnullin", "globalnullin"}
+    f"{glob}{neg}{null}in{ignore}"
+    for glob in ("", "global")
+    for neg in ("", "not")
+    for null in ("", "null")
+    for ignore in ("", "ignoreset")
 )
 
 READ_ONLY_HINT = (
