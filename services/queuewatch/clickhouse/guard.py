@@ -91,9 +91,15 @@ DENIED_FUNCTIONS = frozenset(
 #: URLs, databases), so none is reachable from a read.
 DENIED_FUNCTION_PREFIXES = ("dict",)
 
-#: Functions whose second argument names a table when it is a bare identifier (``x IN db.t``).
+#: Functions whose second argument names a table when it is a bare identifier (``x IN db.t``),
+#: the ``...IgnoreSet`` forms included: `inIgnoreSet(1, system.processes)` still reads the table
+#: into a set.
 _IN_FUNCTIONS = frozenset(
-    {"in", "notin", "globalin", "globalnotin", "nullin", "notnullin", "globalnullin"}
+    f"{glob}{neg}{null}in{ignore}"
+    for glob in ("", "global")
+    for neg in ("", "not")
+    for null in ("", "null")
+    for ignore in ("", "ignoreset")
 )
 
 READ_ONLY_HINT = (
@@ -251,18 +257,28 @@ def _check_node(
                     f"database {database}; only {', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))} "
                     "are, or read a table of the database"
                 )
-        elif lowered in denied or lowered.startswith(DENIED_FUNCTION_PREFIXES):
-            raise QueryRefusedError(
-                f"the function {name}() is not allowed: it reads outside the query (files, "
-                "dictionaries, other tables or servers); use the tables and views of the "
-                f"database {database}"
-            )
+        else:
+            _check_function(name, database, denied)
         if lowered in _IN_FUNCTIONS:
             args = (node.get("arguments") or {}).get("children") or []
             if len(args) == 2 and args[1].get("type") == "Identifier":
                 _check_table(args[1], database)
+    if "func_name" in node:
+        # A column transformer names its function without calling it: `* APPLY(file)`,
+        # `COLUMNS('p') APPLY(file)` run file() on every column all the same.
+        _check_function(str(node["func_name"]), database, denied)
     if kind == "TableIdentifier":
         _check_table(node, database)
+
+
+def _check_function(name: str, database: str, denied: frozenset[str]) -> None:
+    lowered = name.lower()
+    if lowered in denied or lowered.startswith(DENIED_FUNCTION_PREFIXES):
+        raise QueryRefusedError(
+            f"the function {name}() is not allowed: it reads outside the query (files, "
+            "dictionaries, other tables or servers); use the tables and views of the "
+            f"database {database}"
+        )
 
 
 def _check_table(node: dict[str, Any], database: str) -> None:
