@@ -8,39 +8,16 @@ which construct and what to do.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from queuewatch.clickhouse.client import connect
 from queuewatch.clickhouse.exceptions import ClickHouseError, QueryRefusedError
-from queuewatch.clickhouse.guard import QueryLimits
-from queuewatch.clickhouse.migrations import migrate
-from queuewatch.clickhouse.query import GuardedReader, readonly_client
+from queuewatch.clickhouse.query import GuardedReader
+from tests.integration.conftest import LIMITS
 
 pytestmark = pytest.mark.integration
-
-DB = "queuewatch"
-LIMITS = QueryLimits(
-    max_execution_time_s=2.0,
-    max_memory_bytes=1 << 30,
-    max_result_rows=1000,
-    max_result_bytes=1 << 20,
-)
-
-
-@pytest.fixture
-def reader(chdb_url: str) -> Iterator[GuardedReader]:
-    admin = connect(chdb_url)
-    migrate(admin, DB)
-    guarded = GuardedReader(readonly_client(chdb_url, DB, LIMITS), DB, LIMITS)
-    try:
-        yield guarded
-    finally:
-        guarded.close()
-        admin.close()
 
 
 def outfile_attacks(target: Path) -> list[str]:
