@@ -20,16 +20,6 @@ pytestmark = pytest.mark.chaos
 CI_SEED = 11
 CI_PUBLISH_S = 150.0
 
-#: A known product defect (issue 11, reported by the soak's first runs): after a burst of kills
-#: and a broker kill, the restarted aggregator can leave a partition's message unapplied and
-#: commit nothing for it, so the aggregator group keeps a lag that never moves (seed 102: lag 1
-#: on a partition whose only message arrived during the worker's start, no dead letter for
-#: it). Only that exact signature is an expected failure; anything else fails the test.
-KNOWN_STALL = (
-    "issue 11: the aggregator stalled with lag after a burst of kills (known, being fixed); "
-    "raw table exact, no window over-counted"
-)
-
 
 @pytest.mark.timeout(1200)
 def test_ci_soak_ends_with_every_window_and_report_as_the_log_says(
@@ -45,8 +35,6 @@ def test_ci_soak_ends_with_every_window_and_report_as_the_log_says(
         )
     )
     assert result.error is None, result.summary()
-    if result.only_aggregator_stalled:
-        pytest.xfail(f"{KNOWN_STALL}\n{result.summary()}")
     assert set(result.kills) == {"aggregator", "sink", "broker"}, result.summary()
     assert not result.stalled, result.summary()
     assert result.reports_lost == 0, result.summary()

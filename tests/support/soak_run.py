@@ -133,23 +133,6 @@ class SoakResult:
             and not self.skipped
         )
 
-    @property
-    def only_aggregator_stalled(self) -> bool:
-        """True when the one failure is the aggregator group's lag that never moved: the raw
-        table exact, no window doubled or unexpected, no other group lagging (the signature
-        of issue 11's stall, which the CI entry expects until it is fixed)."""
-        lagging = {g["group"] for g in self.lags if g["lag"]}
-        return (
-            self.stalled
-            and self.error is None
-            and not self.skipped
-            and len(lagging) == 1
-            and next(iter(lagging)).endswith("aggregator")
-            and self.raw.get("wrong") == 0
-            and self.windows.get("over_counted") == 0
-            and self.windows.get("unexpected") == 0
-        )
-
     def summary(self) -> str:
         """The verdict for a person."""
         kills = ", ".join(f"{kind} {n}" for kind, n in sorted(self.kills.items())) or "none"

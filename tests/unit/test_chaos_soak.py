@@ -154,20 +154,3 @@ def test_a_group_whose_lag_does_not_move_is_a_stall_with_its_lag() -> None:
     assert [(g["group"], g["lag"]) for g in result.lags] == [("agg", 3416), ("sink", 0)]
     assert result.lags[0]["last_progress_s_ago"] > 0.1
     assert "STALLED" in said[-1] and "STALLED" in result.summary()
-
-
-def test_only_an_aggregator_lag_with_exact_projections_is_the_known_stall() -> None:
-    lags = [{"group": "queuewatch-aggregator", "lag": 1}, {"group": "raw", "lag": 0}]
-    exact_raw = {"wrong": 0}
-    windows = {"over_counted": 0, "unexpected": 0, "missing": 3}
-    stall = SoakResult(seed=1, minutes=1, stalled=True, lags=lags, raw=exact_raw, windows=windows)
-    assert stall.only_aggregator_stalled and not stall.ok
-    lost = SoakResult(seed=1, minutes=1, stalled=True, lags=lags, raw={"wrong": 1}, windows=windows)
-    sink_lag = [{"group": "queuewatch-aggregator", "lag": 1}, {"group": "raw", "lag": 5}]
-    both = SoakResult(
-        seed=1, minutes=1, stalled=True, lags=sink_lag, raw=exact_raw, windows=windows
-    )
-    not_stalled = SoakResult(seed=1, minutes=1, raw=exact_raw, windows=windows)
-    assert not lost.only_aggregator_stalled
-    assert not both.only_aggregator_stalled
-    assert not not_stalled.only_aggregator_stalled
