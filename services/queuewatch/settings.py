@@ -378,6 +378,39 @@ class AggregatorSettings(BaseSettings):
         0.2,
         description="Longest a report waits for its batch to fill when traffic is light.",
     )
+    aggregator_credibility: str = Field(
+        "official_feed=1,sensor=1,official_statement=0.8,satellite=0.6,journalist=0.4,crowd=0.2",
+        description="How much each source type's latest value weighs in the consensus "
+        "(type=weight, comma-separated; types left out keep these defaults).",
+    )
+    aggregator_consensus_half_life: str = Field(
+        "30m",
+        description="A source's value weighs half as much for every this much event time "
+        "it is older than the window's newest report.",
+    )
+    aggregator_confidence_recent: str = Field(
+        "30m",
+        description="Sources heard within this much event time of the newest report count "
+        "towards a high confidence.",
+    )
+    aggregator_confidence_high_sources: int = Field(
+        2,
+        ge=1,
+        description="Recent sources, one of them official or a sensor, needed for a high "
+        "confidence.",
+    )
+    aggregator_confidence_high_spread: float = Field(
+        0.2,
+        ge=0,
+        description="Largest (max - min) / max of the recent sources' waits that still "
+        "counts as agreeing, for a high confidence.",
+    )
+    aggregator_confidence_disagree_spread: float = Field(
+        0.5,
+        ge=0,
+        description="A (max - min) / max of the credible sources' waits above this makes "
+        "the confidence low: the sources disagree.",
+    )
     aggregator_web_port: int = Field(
         0,
         description="Port of faust's web server (stats) on 127.0.0.1; 0 turns it off, so "

@@ -25,6 +25,7 @@ import pytest
 
 from queuewatch.clickhouse.client import connect
 from queuewatch.clickhouse.migrations import migrate
+from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
 from queuewatch.resources import migrations_dir
 from queuewatch.sinks.windows import window_columns
 from queuewatch.sinks.writer import ClickHouseWriter
@@ -126,6 +127,18 @@ def window_record(
         "last_observed_at": max(r.at for r in seen),
         "version": max(r.seq for r in seen),
         "updated_at": BASE_MS + 10 * 24 * HOUR_MS + max(r.seq for r in seen),
+        # v2's consensus fields: stand-ins from the same reports (the rule itself is tested in
+        # tests/unit/test_consensus.py); here they only have to travel to crossing_status
+        "consensus_wait_minutes": max(waits) if waits else None,
+        "consensus_queue_vehicles": min(vehicles) if vehicles else None,
+        "consensus_queue_length_km": max(lengths) if lengths else None,
+        "source_wait_minutes_min": min(waits) if waits else None,
+        "source_wait_minutes_max": max(waits) if waits else None,
+        "wait_spread": (max(waits) - min(waits)) / max(waits) if waits and max(waits) else None,
+        "confidence": ["low", "medium", "high"][len(seen) % 3],
+        "confidence_reasons": [f"{len(seen)} reports in {family}"],
+        "sources_by_type": {"crowd": len({r.source for r in seen})},
+        "official_observed_at": min(r.at for r in seen),
     }
 
 
@@ -203,6 +216,26 @@ def expected_status(current: dict[tuple[Any, ...], dict[str, Any]]) -> list[dict
             row[f"queue_vehicles_max_{family}"] = w["queue_vehicles_max"]
             row[f"queue_length_km_max_{family}"] = w["queue_length_km_max"]
         row["wait_trend"] = trend(row["wait_minutes_p50_1h"], row["wait_minutes_p50_3h"])
+        three = by["3h"]
+        for name in (
+            "consensus_wait_minutes",
+            "consensus_queue_vehicles",
+            "consensus_queue_length_km",
+        ):
+            row[name] = three[name]
+        row["consensus_wait_minutes_1h"] = by["1h"]["consensus_wait_minutes"]
+        for name in (
+            "source_wait_minutes_min",
+            "source_wait_minutes_max",
+            "wait_spread",
+            "sources_by_type",
+            "official_observed_at",
+        ):
+            row[name] = three[name]
+        row["usual_interval_s"] = max(60, 86400 // max(1, by["24h"]["reports"]))
+        row["stale"] = True  # the data is from 2025: far more than 3 usual intervals old
+        row["confidence_event_time"] = three["confidence"]
+        row["confidence"] = "low"  # stale lowers whatever the window said
         out.append(row)
     return out
 
@@ -238,6 +271,14 @@ class Loaded:
     emitted: list[dict[str, Any]]
 
 
+#: The fields crossing_window.avsc v2 added, with their defaults.
+V2_ONLY = (
+    default_registry()
+    .latest(CROSSING_WINDOW)
+    .raw["fields"][len(default_registry().versions(CROSSING_WINDOW)[0].raw["fields"]) :]
+)
+
+
 @pytest.fixture
 def loaded(client: Any, tmp_path: Path) -> Loaded:
     """A database built with 0001-0003, given a third of the windows, migrated to 0004,
@@ -250,13 +291,19 @@ def loaded(client: Any, tmp_path: Path) -> Loaded:
     for path in sorted(migrations_dir().glob("000[123]_*.sql")):
         shutil.copy(path, old / path.name)
     migrate(client, DB, old)
-    columns = window_columns()
+    v1 = default_registry().versions(CROSSING_WINDOW)[0]
+    columns = window_columns(v1)  # what a sink of that release wrote
     writer = ClickHouseWriter(client, f"{DB}.crossing_windows", columns)
     batches = [emitted[i : i + 40] for i in range(0, len(emitted), 40)]
     before = len(batches) // 3
     for n, batch in enumerate(batches):
         if n == before:
-            assert [m.version for m in migrate(client, DB)] == [4]
+            assert [m.version for m in migrate(client, DB)] == [4, 5]
+            columns = window_columns()
+            writer = ClickHouseWriter(client, f"{DB}.crossing_windows", columns)
+        if n < before:  # v1 rows read v2's defaults
+            for r in batch:
+                r.update({f["name"]: f["default"] for f in V2_ONLY})
         writer.write([[r[c] for c in columns] for r in batch], f"windows:0:{n}")
     writer.write([[r[c] for c in columns] for r in batches[-1]], f"windows:0:{len(batches) - 1}")
     writer.write([[r[c] for c in columns] for r in batches[-2]], "windows:0:replay-other-bounds")
@@ -285,11 +332,23 @@ def test_crossing_status_holds_the_current_figures_latest_values_and_trend_of_ea
     want = expected_status(expected_current(loaded.emitted))
     got = fetch(
         loaded.client,
-        f"SELECT * EXCEPT (last_report_age_s) FROM {DB}.crossing_status "
+        f"SELECT * EXCEPT (last_report_age_s, freshness_s) FROM {DB}.crossing_status "
         "ORDER BY crossing_id, from_country, to_country, traffic_class",
     )
     assert {r["wait_trend"] for r in want} == {"rising", "falling"}  # the data says something
+    # The stale reason leads (its age is the wall clock's), then the 3-hour window's own.
+    for row, expected in zip(got, want, strict=True):
+        stale_reason, *window_reasons = row.pop("confidence_reasons")
+        assert (
+            stale_reason.startswith("no report for ") and "(stale: usually every " in stale_reason
+        )
+        key = (*(expected[f] for f in KEY_FIELDS), "3h")
+        assert window_reasons == current_reasons(loaded.emitted)[key]
     assert got == want
+
+
+def current_reasons(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[str]]:
+    return {fam: w["confidence_reasons"] for fam, w in expected_current(rows).items()}
 
 
 def test_crossing_status_age_is_seconds_since_the_latest_report(loaded: Loaded) -> None:

@@ -35,7 +35,7 @@ REPORTS_SQL = (
 )
 WINDOWS_SQL = "SELECT * FROM crossing_windows FINAL ORDER BY ALL"
 CURRENT_SQL = "SELECT * FROM current_windows ORDER BY ALL"
-STATUS_SQL = "SELECT * EXCEPT (last_report_age_s) FROM crossing_status ORDER BY ALL"
+STATUS_SQL = "SELECT * EXCEPT (last_report_age_s, freshness_s) FROM crossing_status ORDER BY ALL"
 SUMMARY_SQL = (
     "SELECT * EXCEPT (last_report_age_s, wait_minutes_age_s, queue_vehicles_age_s, "
     "queue_length_km_age_s) FROM crossing_report_summary ORDER BY ALL"

@@ -98,7 +98,7 @@ def test_window_columns_are_the_contract_fields_in_order() -> None:
 
 def test_window_record_becomes_its_values_in_field_order() -> None:
     schema = default_registry().latest(CROSSING_WINDOW)
-    record: dict[str, Any] = {f["name"]: None for f in schema.raw["fields"]}
+    record: dict[str, Any] = {f["name"]: f.get("default") for f in schema.raw["fields"]}
     record.update(
         crossing_id="ge-ru-verkhny-lars",
         from_country="RU",

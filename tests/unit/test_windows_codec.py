@@ -26,6 +26,10 @@ def _strategy(avro_type: Any) -> st.SearchStrategy[Any]:
         return INT
     if avro_type == "long":
         return LONG
+    if isinstance(avro_type, dict) and avro_type["type"] == "array":
+        return st.lists(TEXT, max_size=5)
+    if isinstance(avro_type, dict) and avro_type["type"] == "map":
+        return st.dictionaries(TEXT, st.one_of(INT, st.integers(0, 10)), max_size=6)
     inner = {"int": INT, "long": LONG, "double": DOUBLE}[avro_type[1]]
     return st.one_of(st.none(), inner)
 
@@ -62,6 +66,18 @@ def test_one_encoder_reused_over_many_rows_keeps_writing_fastavros_bytes(
     # twice over: the second pass is served from the encoder's caches
     for row in batch + batch:
         assert encoder(row) == encode(row, SCHEMA)
+
+
+def test_every_window_schema_version_is_compiled_and_written_as_fastavro_writes_it() -> None:
+    row_v2 = {"confidence_reasons": ["a", "b" * 300], "sources_by_type": {"crowd": 9000, "x": 1}}
+    for version in default_registry().versions(CROSSING_WINDOW):
+        encoder = compile_encoder(version)
+        assert encoder is not None, version.path
+        row = {
+            f["name"]: row_v2.get(f["name"], f.get("default", 0) if f["type"] != "string" else "s")
+            for f in version.parsed["fields"]
+        }
+        assert encoder(row) == encode(row, version)
 
 
 def test_schema_with_other_field_kinds_falls_back_to_fastavro() -> None:

@@ -22,6 +22,7 @@ from faust.types import TP
 
 from queuewatch.aggregator import checkpoint
 from queuewatch.aggregator.bound import STATE_TOO_LARGE, Step, fit_prefix
+from queuewatch.aggregator.consensus import consensus_rules
 from queuewatch.aggregator.emit import WindowBatches
 from queuewatch.aggregator.gaps import GapProbe
 from queuewatch.aggregator.intake import (
@@ -135,6 +136,7 @@ class Aggregator:
             settings.aggregator_windows,
             settings.aggregator_grace,
             settings.aggregator_dedup_horizon,
+            consensus_rules(settings),
         )
         self.reader = reader_schema()
         self.window_schema = default_registry().latest(CROSSING_WINDOW)

@@ -17,6 +17,13 @@ from itertools import accumulate, chain
 from operator import itemgetter
 from typing import Any
 
+from queuewatch.aggregator.consensus import (
+    Readings,
+    add_reading,
+    merge_readings,
+    readings_from_obj,
+    readings_to_obj,
+)
 from queuewatch.aggregator.sketch import QuantileSketch, bin_value
 
 #: ``(observed_at, seq, value)``: the tuple order is the "which report is last" order.
@@ -81,6 +88,7 @@ class Pane:
         "k_n",
         "k_sum",
         "last_observed_at",
+        "readings",
         "reports",
         "seq_max",
         "sources",
@@ -119,6 +127,8 @@ class Pane:
         self.k_max: float | None = None
         self.k_last: Last | None = None
         self.status_last: Last | None = None
+        #: per source name, its type and latest values (``consensus``: how sure we are)
+        self.readings: Readings = {}
 
     def add(
         self,
@@ -129,8 +139,9 @@ class Pane:
         vehicles: int | None,
         length_km: float | None,
         status: str,
+        source_type: str = "crowd",
     ) -> None:
-        """Count one accepted report.
+        """Count one accepted report (``source_type`` defaults as the contract's reader does).
 
         Runs once per report and window family, so the ``last`` updates are written out:
         ``last < order`` is :func:`_later`'s rule, since a ``Last`` compares with the shorter
@@ -176,6 +187,7 @@ class Pane:
             last = self.status_last
             if last is None or last < order:
                 self.status_last = (observed_at, seq, status)
+        add_reading(self.readings, source, source_type, observed_at, seq, wait, vehicles, length_km)
 
     def merge(self, other: Pane) -> None:
         """Fold another pane in (commutative and associative)."""
@@ -205,6 +217,7 @@ class Pane:
             self.k_max = other.k_max if self.k_max is None else max(self.k_max, other.k_max)  # type: ignore[type-var]
             self.k_last = _later(self.k_last, other.k_last)
         self.status_last = _later(self.status_last, other.status_last)
+        merge_readings(self.readings, other.readings)
 
     def metrics(self) -> dict[str, Any]:
         """The window's metric fields (schema names); call on a merged pane."""
@@ -253,6 +266,7 @@ class Pane:
             self.k_max,
             list(self.k_last) if self.k_last else None,
             list(self.status_last) if self.status_last else None,
+            readings_to_obj(self.readings),
         ]
 
     @classmethod
@@ -280,6 +294,7 @@ class Pane:
             p.k_max,
             k_last,
             status_last,
+            *readings,  # absent in a pane written before the readings: none known
         ) = obj
         p.sources = set(sources)
         p.w_last = tuple(w_last) if w_last else None
@@ -288,6 +303,7 @@ class Pane:
         p.k_sum = ExactSum(k_num, k_shift)
         p.k_last = tuple(k_last) if k_last else None
         p.status_last = tuple(status_last) if status_last else None
+        p.readings = readings_from_obj(readings[0] if readings else None)
         return p
 
     def __eq__(self, other: object) -> bool:

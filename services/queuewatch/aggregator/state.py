@@ -46,6 +46,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from queuewatch.aggregator.consensus import (
+    UNJUDGED,
+    ConsensusRules,
+    Readings,
+    judge,
+    merge_readings,
+)
 from queuewatch.aggregator.pane import Pane
 from queuewatch.aggregator.sliding import sliding_metrics
 from queuewatch.aggregator.windows import WindowFamily, parse_duration_ms, parse_families
@@ -76,6 +83,11 @@ class AggregationConfig:
     grace: int
     dedup_horizon: int
     spec: str = ""
+    #: how sure we are (``consensus``): not part of the state's identity, since it is computed
+    #: from the panes at emission; a change applies to the windows emitted from then on
+    consensus: ConsensusRules = field(default_factory=ConsensusRules, compare=False)
+    #: families no longer than this get a consensus (the "now" windows: 1 h and 3 h)
+    consensus_max_size: int = field(default=3 * 3_600_000, compare=False)
     #: ``(family, pane length)`` per family: read for every report, so computed once
     layout: tuple[tuple[WindowFamily, int], ...] = field(init=False, repr=False, compare=False)
     #: the largest window size
@@ -86,7 +98,13 @@ class AggregationConfig:
         object.__setattr__(self, "largest", max(f.size for f in self.families))
 
     @classmethod
-    def from_spec(cls, windows: str, grace: str, dedup_horizon: str = "") -> AggregationConfig:
+    def from_spec(
+        cls,
+        windows: str,
+        grace: str,
+        dedup_horizon: str = "",
+        consensus: ConsensusRules | None = None,
+    ) -> AggregationConfig:
         """Build from the settings' strings (``"1h:1h:5m,..."``, ``"2h"``)."""
         families = parse_families(windows)
         grace_ms = parse_duration_ms(grace)
@@ -95,7 +113,7 @@ class AggregationConfig:
         # Shorter would let a re-send count again inside a window that is still open.
         horizon = max(horizon, largest + grace_ms)
         spec = f"{','.join(f'{f.name}:{f.size}:{f.step}' for f in families)};grace={grace_ms}"
-        return cls(families, grace_ms, horizon, spec)
+        return cls(families, grace_ms, horizon, spec, consensus or ConsensusRules())
 
 
 @dataclass
@@ -197,6 +215,7 @@ class CrossingState:
         if lane is None:
             lane = self.lanes[lane_key] = [FamilyState() for _ in self.config.families]
         source = record["source"]["name"]
+        source_type = record["source"]["type"]
         wait = record.get("wait_minutes")
         vehicles = record.get("queue_vehicles")
         length = record.get("queue_length_km")
@@ -215,7 +234,7 @@ class CrossingState:
             pane = fstate.panes.get(p)
             if pane is None:
                 pane = fstate.panes[p] = Pane()
-            pane.add(seq, t, source, wait, vehicles, length, status)
+            pane.add(seq, t, source, wait, vehicles, length, status, source_type)
             fstate.dirty.setdefault(p, wm0)
         self.counters.accepted += 1
         if late:
@@ -345,6 +364,8 @@ class CrossingState:
         """Rows of the windows at ``starts`` (ascending), computed in one sliding pass."""
         panes = self.lanes[lane_key][index].panes
         rows = []
+        rules = self.config.consensus
+        judged = fam.size <= self.config.consensus_max_size
         for start, metrics, version in sliding_metrics(panes, starts, fam.size, fam.pane):
             row: dict[str, Any] = {
                 "crossing_id": self.crossing_id,
@@ -356,6 +377,15 @@ class CrossingState:
                 "window_end": start + fam.size,
             }
             row.update(metrics)
+            if judged:
+                readings: Readings = {}
+                for p in range(start, start + fam.size, fam.pane):
+                    pane = panes.get(p)
+                    if pane is not None:
+                        merge_readings(readings, pane.readings)
+                row.update(judge(readings, metrics["last_observed_at"], rules).row())
+            else:
+                row.update(UNJUDGED)
             row["version"] = version
             rows.append(row)
         return rows
