@@ -18,6 +18,7 @@ import pytest
 
 from queuewatch.contract.codec import decode, encode
 from queuewatch.contract.schemas import (
+    CROSSING_WINDOW,
     QUEUE_REPORT,
     SchemaRegistry,
     SchemaVersion,
@@ -276,3 +277,33 @@ def test_every_field_of_every_schema_has_a_doc() -> None:
     for schema in load_registry(schemas_dir()).by_fingerprint.values():
         walk(schema.raw, schema.name)
     assert undocumented == []
+
+
+def test_window_records_of_v2_are_read_by_a_v1_reader_and_v1_records_by_a_v2_reader() -> None:
+    v1, v2 = default_registry().versions(CROSSING_WINDOW)[:2]
+    assert (v1.version, v2.version) == (1, 2)
+    base = {
+        f["name"]: f.get("default", 0) if f["type"] != "string" else "x"
+        for f in v1.parsed["fields"]
+    }
+    new = dict(base)
+    new.update(
+        consensus_wait_minutes=2880,
+        consensus_queue_vehicles=2500,
+        consensus_queue_length_km=19.3,
+        source_wait_minutes_min=600,
+        source_wait_minutes_max=3000,
+        wait_spread=0.8,
+        confidence="high",
+        confidence_reasons=["3 sources incl. official within 30 min agree within 20 %"],
+        sources_by_type={"official_feed": 1, "crowd": 1},
+        official_observed_at=1_664_105_400_000,
+    )
+    # An old sink reads a new aggregator's record: its own fields, the new ones dropped.
+    assert decode(encode(new, v2), v1) == base
+    # A new sink reads a record from before the upgrade: the new fields at their defaults.
+    old = decode(encode(base, v1), v2)
+    assert {k: old[k] for k in base} == base
+    assert old["confidence"] == "unknown"
+    assert old["confidence_reasons"] == [] and old["sources_by_type"] == {}
+    assert old["consensus_wait_minutes"] is None
