@@ -31,9 +31,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from queuewatch.aggregator.app import Aggregator
 from queuewatch.aggregator.intake import RawMessage, intake, reader_schema
 from queuewatch.aggregator.state import AggregationConfig, CrossingState
+from queuewatch.aggregator.storage import encode as encode_record
 from queuewatch.aggregator.window_codec import window_encoder
 from queuewatch.contract.codec import encode
 from queuewatch.contract.schemas import CROSSING_WINDOW, QUEUE_REPORT, default_registry
@@ -160,7 +160,7 @@ def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str
         t2 = clock()
         for cid in touched:
             st = states[cid]
-            data = Aggregator._encode(st, st.has_changes())
+            data = encode_record(st, st.has_changes())
             tm.state_bytes += len(data)
             digest.update(data)
         t3 = clock()
