@@ -33,7 +33,7 @@ from typing import Any
 
 from queuewatch.aggregator.intake import RawMessage, intake, reader_schema
 from queuewatch.aggregator.state import AggregationConfig, CrossingState
-from queuewatch.aggregator.storage import encode as encode_record
+from queuewatch.aggregator.storage import StateStore
 from queuewatch.aggregator.window_codec import window_encoder
 from queuewatch.contract.codec import encode
 from queuewatch.contract.schemas import CROSSING_WINDOW, QUEUE_REPORT, default_registry
@@ -136,12 +136,26 @@ class Timings:
     state_bytes: int = 0
 
 
+class _Changelog:
+    """The table as :class:`StateStore` uses it, keeping what a batch sends."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.sent: list[tuple[bytes, bytes | None]] = []
+
+    def send_changelog(self, partition: int, key: bytes, value: bytes | None, *_: str) -> None:
+        self.sent.append((key, value))
+
+
 def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str]:
     """Process the case batch by batch; return stage timings and the output digest."""
     reader = reader_schema()
     encode_window = window_encoder(default_registry().latest(CROSSING_WINDOW))
     states: dict[str, CrossingState] = {}
+    changelog = _Changelog()
+    store = StateStore(changelog, config)
     digest = hashlib.sha256()
+    windows_digest = hashlib.sha256()
     tm = Timings()
     clock = time.perf_counter
     msgs = case.messages
@@ -160,9 +174,12 @@ def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str
         t2 = clock()
         for cid in touched:
             st = states[cid]
-            data = encode_record(st, st.has_changes())
-            tm.state_bytes += len(data)
-            digest.update(data)
+            changelog.sent.clear()
+            store.write(0, st, st.has_changes())
+            store.commit()
+            for key, data in changelog.sent:
+                tm.state_bytes += len(key) + len(data or b"")
+                digest.update(key + (data or b""))
         t3 = clock()
         rows: list[dict[str, Any]] = []
         for cid in touched:
@@ -171,6 +188,7 @@ def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str
         for row in rows:
             row["updated_at"] = UPDATED_AT
             digest.update(encode_window(row))
+            windows_digest.update(encode_window(row))
         t5 = clock()
         tm.windows_out += len(rows)
         tm.intake += t1 - t0
@@ -178,6 +196,7 @@ def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str
         tm.state += t3 - t2
         tm.windows += t4 - t3
         tm.encode += t5 - t4
+    print(f"{case.name}: windows digest {windows_digest.hexdigest()[:16]}")
     return tm, digest.hexdigest()
 
 

@@ -20,7 +20,11 @@ from tests.unit.test_validation import NOW, valid_record
 def test_a_batch_that_would_overflow_a_crossings_record_dead_letters_the_rest_of_its_reports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before: StateTooLargeError stopped the worker, and the replay stopped it again."""
+    """Before: StateTooLargeError stopped the worker, and the replay stopped it again.
+
+    Since the state is written incrementally only the head can grow large: the marks and
+    snapshots of unsent windows, here one more pane per report.
+    """
     common = CommonSettings(home=str(tmp_path), kafka_bootstrap="127.0.0.1:1")
     agg = appmod.Aggregator(common, AggregatorSettings(), 3)  # no broker: nothing is started
     reader = reader_schema()
@@ -32,7 +36,10 @@ def test_a_batch_that_would_overflow_a_crossings_record_dead_letters_the_rest_of
             i,
             NOW,
             cid.encode(),
-            encode(valid_record(event_id=f"flood-{i:04d}", observed_at=NOW - 60_000 + i), reader),
+            encode(
+                valid_record(event_id=f"flood-{i:04d}", observed_at=NOW - (100 - i) * 300_000),
+                reader,
+            ),
         )
         for i in range(100)
     ]

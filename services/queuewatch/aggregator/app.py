@@ -222,6 +222,7 @@ class Aggregator:
         for cid in [c for c, st in self.states.items() if set(st.applied) & gone]:
             del self.states[cid]
             self.emission.changed.discard(cid)
+        self.store.forget_partitions(gone)
         for partition in gone:
             self.progress.disown(partition)
             self._positions.pop(partition, None)
@@ -236,6 +237,7 @@ class Aggregator:
         of what is durable (see checkpoint); the start is committed for the group, so faust's
         seek lands there. Partitions kept through a rebalance keep their in-memory position.
         """
+        self.store.invalidate()  # the table holds what the changelog held
         consumer = self.app.consumer
         order = self.progress.order
         fresh = [
@@ -310,6 +312,7 @@ class Aggregator:
                     writes = self._process(fresh)
                     with steps.doing("waiting for the broker to acknowledge the batch's writes"):
                         await checkpoint.wait_durable(writes)
+                    self.store.commit()
                     self._note_positions(fresh)
                 finally:
                     self._emit_lock.release()
@@ -395,16 +398,15 @@ class Aggregator:
             changed = state.has_changes()
             if changed:
                 changed_set.add(cid)
-            data = storage.encode(state, changed)
-            if len(data) > limit:
-                state, letters = self._fit(cid, len(data), accepted, before, raw)
+            size = self.store.size(state)
+            if size > limit:
+                state, letters = self._fit(cid, size, accepted, before, raw)
                 dead += letters
                 totals["dead"] += len(letters)
                 changed = state.has_changes()
                 if changed:
                     changed_set.add(cid)
-                data = storage.encode(state, changed)
-            writes.append(self.store.put(partition, cid, data))
+            writes += self.store.write(partition, state, changed)
         for letter in dead:
             letter = fit_letter(letter, self.letter_max_bytes)
             writes.append(
@@ -441,10 +443,11 @@ class Aggregator:
         self.states[cid] = state
         messages = {(m.partition, m.offset): m for m in raw}
         why = (
-            f"the state of crossing {cid} would be {size / 2**20:.1f} MiB with this batch, over "
-            f"the {storage.STATE_RECORD_MAX_BYTES // 2**20} MiB a changelog record may hold, so "
-            "this report was not applied: it holds one event id per report within the dedup "
-            "horizon (QUEUEWATCH_AGGREGATOR_DEDUP_HORIZON); republish it once the flood is over"
+            f"the head record of crossing {cid} would be {size / 2**20:.1f} MiB with this batch, "
+            f"over the {storage.STATE_RECORD_MAX_BYTES // 2**20} MiB a changelog record may hold, "
+            "so this report was not applied: the head holds the changed windows not emitted yet, "
+            "and this batch changed too many (a backfill over a long span of event time); "
+            "republish it in smaller steps once the flood is over"
         )
         refused = [
             dead_letter(messages[(st.partition, st.offset)], STATE_TOO_LARGE, why)
@@ -505,10 +508,10 @@ class Aggregator:
             async with self._emit_lock:
                 with self.progress.steps.doing("emitting windows (waiting for the broker's acks)"):
                     await self.emission.emit(self.app.producer, self.states, self._is_stopping)
-        if self._positions:  # traffic stopped after a batch: record where we are
+        if self._positions or self.store.has_due():  # traffic stopped after a batch
             async with self._emit_lock:
-                try:
-                    await checkpoint.wait_durable(self._send_positions())
+                try:  # record where we are, delete what the last heads made obsolete
+                    await checkpoint.wait_durable(self._send_positions() + self.store.send_due())
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # harmless: a restart replays a little more
@@ -542,6 +545,7 @@ class Aggregator:
             )
             try:
                 await checkpoint.wait_durable(writes)
+                self.store.commit()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # harmless: the log seals them again, the mark re-emits

@@ -108,7 +108,7 @@ class Emission:
         for cid, data, partition in store.quiet(clock_of, owns):
             if cid in self.changed:
                 continue
-            state = states.get(cid) or store.decode(data)
+            state = states.get(cid) or store.decode(cid, data)
             if state.has_changes():
                 continue
             state.seal_if_idle(clock_of(partition))
@@ -126,5 +126,4 @@ class Emission:
         (partition,) = state.applied
         if not owns(partition):
             return []
-        write = store.write_if_changed(partition, state)
-        return [] if write is None else [write]
+        return store.write_if_changed(partition, state)
