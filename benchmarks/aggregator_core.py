@@ -136,15 +136,11 @@ class Timings:
     state_bytes: int = 0
 
 
-class _Changelog:
-    """The table as :class:`StateStore` uses it, keeping what a batch sends."""
+class _Table:
+    """The table as :class:`StateStore` uses it: its ``data``."""
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
-        self.sent: list[tuple[bytes, bytes | None]] = []
-
-    def send_changelog(self, partition: int, key: bytes, value: bytes | None, *_: str) -> None:
-        self.sent.append((key, value))
 
 
 def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str]:
@@ -152,8 +148,7 @@ def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str
     reader = reader_schema()
     encode_window = window_encoder(default_registry().latest(CROSSING_WINDOW))
     states: dict[str, CrossingState] = {}
-    changelog = _Changelog()
-    store = StateStore(changelog, config)
+    store = StateStore(_Table(), config)
     digest = hashlib.sha256()
     windows_digest = hashlib.sha256()
     tm = Timings()
@@ -174,10 +169,9 @@ def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str
         t2 = clock()
         for cid in touched:
             st = states[cid]
-            changelog.sent.clear()
             store.write(0, st, st.has_changes())
             store.commit()
-            for key, data in changelog.sent:
+            for _, key, data in store.take():
                 tm.state_bytes += len(key) + len(data or b"")
                 digest.update(key + (data or b""))
         t3 = clock()

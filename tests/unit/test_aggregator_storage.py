@@ -27,16 +27,15 @@ CID = "ge-ru-verkhny-lars"
 
 
 class Table:
-    """faust's table as the store uses it: ``data`` and ``send_changelog``, sends logged."""
+    """faust's table as the store uses it (``data``), and the changelog records sent."""
 
     def __init__(self, data: dict[bytes, bytes] | None = None) -> None:
         self.data: dict[bytes, bytes] = dict(data or {})
         self.sent: list[tuple[int, bytes, bytes | None]] = []
 
-    def send_changelog(
-        self, partition: int, key: bytes, value: bytes | None, ks: str, vs: str
-    ) -> None:
-        self.sent.append((partition, key, value))
+    def ship(self, store: StateStore) -> None:
+        """Send the store's outbox, as the app does after every write."""
+        self.sent += store.take()
 
 
 def restored(sent: list[tuple[int, bytes, bytes | None]]) -> dict[bytes, bytes]:
@@ -129,6 +128,7 @@ def apply(state: CrossingState, records: list[dict[str, Any]], offsets: range, c
 
 def write(store: StateStore, state: CrossingState) -> None:
     store.write(0, state, state.has_changes())
+    store.table.ship(store)
     store.commit()
 
 
@@ -153,6 +153,7 @@ def test_a_state_written_after_every_batch_reads_back_exactly(
         if rng.random() < 0.3:  # windows emitted, then the unmarked head written again
             assert windows(state) == windows(reference)
             store.write_if_changed(0, state)
+            table.ship(store)
             store.commit()
         if rng.random() < 0.2:  # a restart: recovery restores the table from the changelog
             log = table.sent
@@ -163,6 +164,7 @@ def test_a_state_written_after_every_batch_reads_back_exactly(
         assert view(state) == view(reference), start
     assert reference.sealed != -(2**62)  # the silence sealed it, and it woke up again
     store.send_due()  # what the flush timer does when traffic stops
+    table.ship(store)
     deleted = sum(value is None for _, _, value in table.sent)
     assert deleted > 0  # event ids past the horizon were deleted from the changelog
     live = [k for k in restored(table.sent) if SEP in k and not k.startswith(SEP)]
@@ -184,6 +186,7 @@ def test_a_crash_between_any_two_writes_of_a_batch_replays_to_the_same_state(see
     apply(reference, records[80:], range(80, 120), clock)
     apply(state, records[80:], range(80, 120), clock)  # the batch that crashes
     store.write(0, state, state.has_changes())
+    table.ship(store)
     batch = table.sent[len(durable) :]
     assert len(batch) > 3
     for cut in range(len(batch) + 1):
@@ -247,6 +250,7 @@ def test_a_busy_crossing_writes_under_a_kilobyte_per_report() -> None:
         if n % 10 == 0:  # the flush interval: windows emitted, head unmarked
             state.take_changed()
             store.write_if_changed(0, state)
+            table.ship(store)
             store.commit()
     written = sum(len(k) + len(v or b"") for _, k, v in table.sent)
     assert written / count < 1024, written / count

@@ -26,6 +26,7 @@ import faust
 from queuewatch.aggregator import checkpoint, storage
 from queuewatch.aggregator.bound import STATE_TOO_LARGE, Step, fit_prefix
 from queuewatch.aggregator.emission import Emission
+from queuewatch.aggregator.emit import send_records
 from queuewatch.aggregator.gaps import GapProbe
 from queuewatch.aggregator.intake import (
     Accepted,
@@ -140,6 +141,8 @@ class Aggregator:
         self._clocks: dict[int, int] = {}
         #: the clock of each queued position record
         self._position_clocks: dict[int, int] = {}
+        #: crossings whose windows closed in the batch being written (emitted once durable)
+        self._closed: list[str] = []
         self.app = self._build_app(partitions)
         self.progress.app = self.app
         self.store = StateStore(self.table, self.config)
@@ -305,6 +308,7 @@ class Aggregator:
             try:
                 with steps.doing("putting the batch in log order (seeking back over a hole)"):
                     fresh = await self.progress.in_log_order(events)
+                # Never write a state between an emission's take and its delivery: the state
                 # record must keep marking windows whose emission is not yet durable.
                 with steps.doing("waiting for a window emission to finish"):
                     await self._emit_lock.acquire()
@@ -314,6 +318,12 @@ class Aggregator:
                         await checkpoint.wait_durable(writes)
                     self.store.commit()
                     self._note_positions(fresh)
+                    if self._closed:
+                        closed, self._closed = self._closed, []
+                        with steps.doing("emitting closed windows (waiting for the broker)"):
+                            await self.emission.emit_closed(
+                                self.app.producer, self.states, closed, self._is_stopping
+                            )
                 finally:
                     self._emit_lock.release()
             except asyncio.CancelledError:
@@ -337,17 +347,22 @@ class Aggregator:
                 if clock is not None:
                     self._position_clocks[partition] = clock
 
-    def _send_positions(self) -> list[Any]:
-        """Write the queued position records; returns the writes."""
+    def _send_positions(self) -> None:
+        """Write the queued position records (to the store's outbox)."""
         positions, self._positions = self._positions, {}
-        return [
+        for partition, offset in positions.items():
             self.store.write_position(partition, offset, self._position_clocks.pop(partition, None))
-            for partition, offset in positions.items()
-        ]
+
+    def _ship(self) -> Any:
+        """Send the store's outbox in record batches; the awaitable to wait for (checkpoint)."""
+        return send_records(
+            self.app.producer, self.table.changelog_topic.get_topic_name(), self.store.take()
+        )
 
     def _process(self, events: list[Any]) -> list[Any]:
         """Steps 2 and 3 of the checkpoint protocol; returns the writes to wait for."""
-        writes: list[Any] = self._send_positions()  # of the previous batch, durable by now
+        writes: list[Any] = []
+        self._send_positions()  # of the previous batch, durable by now
         raw = []
         for event in events:
             m = event.message
@@ -406,7 +421,10 @@ class Aggregator:
                 changed = state.has_changes()
                 if changed:
                     changed_set.add(cid)
-            writes += self.store.write(partition, state, changed)
+            self.store.write(partition, state, changed)
+            if state.snapshots:
+                self._closed.append(cid)
+        writes.append(self._ship())
         for letter in dead:
             letter = fit_letter(letter, self.letter_max_bytes)
             writes.append(
@@ -511,7 +529,9 @@ class Aggregator:
         if self._positions or self.store.has_due():  # traffic stopped after a batch
             async with self._emit_lock:
                 try:  # record where we are, delete what the last heads made obsolete
-                    await checkpoint.wait_durable(self._send_positions() + self.store.send_due())
+                    self._send_positions()
+                    self.store.send_due()
+                    await checkpoint.wait_durable([self._ship()])
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # harmless: a restart replays a little more
@@ -540,15 +560,16 @@ class Aggregator:
         if self.app.rebalancing or self._stopping:
             return
         async with self._emit_lock:
-            writes = self.emission.quiet_writes(
+            self.emission.quiet_writes(
                 self.store, self.states, self.progress.order.owns, self._clock
             )
             try:
-                await checkpoint.wait_durable(writes)
+                await checkpoint.wait_durable([self._ship()])
                 self.store.commit()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # harmless: the log seals them again, the mark re-emits
+                self.store.abandon()
                 log.warning("quiet crossings' records not written (%s); retrying later", exc)
 
 

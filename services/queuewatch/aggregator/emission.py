@@ -5,6 +5,9 @@
   sent, one record batch per partition (:mod:`queuewatch.aggregator.emit`), acknowledged
   before the crossings are forgotten. A failure exits (the states still mark them, so a
   restart re-emits them with the same versions).
+* A window that closed in a batch (a *snapshot*, final) is emitted as soon as the batch is
+  durable (:meth:`Emission.emit_closed`), not at the flush: it can change no more, and a
+  head that no longer holds it is small again.
 * After a (re)start or rebalance, states whose records carry the changed mark
   (:mod:`queuewatch.aggregator.storage`) were never emitted: they are found and emitted.
 * A crossing emitted and not written since still has the mark in its record; it is rewritten
@@ -79,13 +82,47 @@ class Emission:
                 return
             checkpoint.die_unsafe("emitting windows", exc)
 
+    async def emit_closed(
+        self,
+        producer: Any,
+        states: dict[str, CrossingState],
+        crossings: list[str],
+        stopping: Callable[[], bool],
+    ) -> None:
+        """Emit the windows of ``crossings`` that closed in the batch just made durable.
+
+        Closed windows are final, so sending them now instead of at the next flush costs no
+        message, and the next heads need not carry them (they are the bulk of a replay's
+        changelog: every head written before the flush held them again).
+        """
+        now = int(time.time() * 1000)
+        try:
+            out = await WindowBatches.for_app(producer, self.topic)
+            for cid in crossings:
+                state = states.get(cid)
+                if state is None:
+                    continue
+                key = cid.encode()
+                for row in state.take_snapshots():
+                    row["updated_at"] = now
+                    await out.add(key, self.encode_window(row))
+            await out.finish()
+            self.emitted.update(crossings)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if stopping():  # the heads still hold them: re-emitted on restart
+                log.warning("windows not emitted at shutdown (%s); re-emitted on restart", exc)
+                return
+            checkpoint.die_unsafe("emitting closed windows", exc)
+
     def quiet_writes(
         self,
         store: StateStore,
         states: dict[str, CrossingState],
         owns: Callable[[int], bool],
         clock_of: Callable[[int], int],
-    ) -> list[Any]:
+    ) -> None:
         """Seal quiet crossings and free them; unmark crossings whose windows were emitted.
 
         * A crossing whose partition clock is the dedup horizon past its watermark is sealed
@@ -96,15 +133,15 @@ class Emission:
         * A crossing emitted and not written since still has the changed mark in its record:
           it is rewritten without it, so a restart does not emit it again.
 
-        Returns the writes, for the caller to wait for under the emission lock.
+        The records go to the store's outbox, for the caller to send and wait for under the
+        emission lock.
         """
-        writes: list[Any] = []
         emitted, self.emitted = self.emitted, set()
         for cid in emitted:
             state = states.get(cid)
             if state is None or cid in self.changed or state.has_changes():
                 continue
-            writes += self._write_quiet(store, state, owns)
+            self._write_quiet(store, state, owns)
         for cid, data, partition in store.quiet(clock_of, owns):
             if cid in self.changed:
                 continue
@@ -112,18 +149,14 @@ class Emission:
             if state.has_changes():
                 continue
             state.seal_if_idle(clock_of(partition))
-            writes += self._write_quiet(store, state, owns)
+            self._write_quiet(store, state, owns)
             states.pop(cid, None)
-        return writes
 
     @staticmethod
-    def _write_quiet(
-        store: StateStore, state: CrossingState, owns: Callable[[int], bool]
-    ) -> list[Any]:
+    def _write_quiet(store: StateStore, state: CrossingState, owns: Callable[[int], bool]) -> None:
         """Write the record of a crossing with no unsent windows, in its own partition."""
         if len(state.applied) != 1:
-            return []
+            return
         (partition,) = state.applied
-        if not owns(partition):
-            return []
-        return store.write_if_changed(partition, state)
+        if owns(partition):
+            store.write_if_changed(partition, state)

@@ -402,6 +402,17 @@ class CrossingState:
         rows.extend(row for _, row in self._changed_rows())
         return rows
 
+    def take_snapshots(self) -> list[dict[str, Any]]:
+        """The changed windows that closed since the last take (final), then forget them.
+
+        A closed window changes no more, so emitting it early costs no extra message; the
+        open ones wait for :meth:`take_changed`, coalesced.
+        """
+        rows = list(self.snapshots.values())
+        self.snapshots.clear()
+        self.snap_json.clear()
+        return rows
+
     def _changed_rows(self) -> list[tuple[WindowKey, dict[str, Any]]]:
         """The open windows changed since the last emission, keyed; clears the dirty marks."""
         out: list[tuple[WindowKey, dict[str, Any]]] = []

@@ -77,9 +77,12 @@ class StateStore:
     """The table's records, read and written as crossing states and partition positions."""
 
     def __init__(self, table: Any, config: AggregationConfig) -> None:
-        """``table`` is the faust ``Table`` (its ``data`` and ``send_changelog`` are used)."""
+        """``table`` is the faust ``Table`` (its ``data``; records to send go to ``outbox``)."""
         self.table = table
         self.config = config
+        #: changelog records ``(partition, key, value or None for a delete)`` to send, in
+        #: order; the caller sends them (:meth:`take`) and waits for them (checkpoint)
+        self.outbox: list[tuple[int, bytes, bytes | None]] = []
         #: crossing id -> keys of its contributions, built from the table on first use after
         #: a recovery (:meth:`invalidate`), kept up to date by our own writes
         self._index: dict[str, set[bytes]] | None = None
@@ -164,8 +167,13 @@ class StateStore:
         """Bytes of the head ``state`` would be written as (for the bound)."""
         return len(encode(state, state.has_changes()))
 
-    def write(self, partition: int, state: CrossingState, changed: bool) -> list[Any]:
-        """Write what changed in ``state`` since its last write; returns the writes.
+    def take(self) -> list[tuple[int, bytes, bytes | None]]:
+        """The records written since the last call, in the order they must be sent."""
+        out, self.outbox = self.outbox, []
+        return out
+
+    def write(self, partition: int, state: CrossingState, changed: bool) -> None:
+        """Write what changed in ``state`` since its last write (to :attr:`outbox`).
 
         In order: records due for deletion in the partition, the base (the first write after
         an upgrade), the contributions of the reports accepted since, the head. Records the
@@ -174,14 +182,14 @@ class StateStore:
         cid = state.crossing_id
         ckey = cid.encode()
         tdata = self.table.data
-        send = self.table.send_changelog
-        writes = self.send_due(partition)
+        out = self.outbox
+        self.send_due(partition)
         upgrade = self._upgrading.pop(cid, None)
         if upgrade is not None and state.base is None:
             old, state.base = upgrade
             base_key = BASE_KEY + ckey
             tdata[base_key] = old
-            writes.append(send(partition, base_key, old, "raw", "raw"))
+            out.append((partition, base_key, old))
         keys = self.index.setdefault(cid, set())
         prefix = ckey + SEP
         dedup = state.dedup
@@ -197,7 +205,7 @@ class StateStore:
             tdata[key] = data
             keys.add(key)
             first = min(first, c[2] - 1)
-            writes.append(send(partition, key, data, "raw", "raw"))
+            out.append((partition, key, data))
         state.added = []
         staged = self._staged.setdefault(partition, [])
         for event_id in state.removed:
@@ -217,10 +225,9 @@ class StateStore:
             tdata.pop(BASE_KEY + ckey, None)
         head = encode(state, changed, (first, len(written)))
         tdata[ckey] = head
-        writes.append(send(partition, ckey, head, "raw", "raw"))
-        return writes
+        out.append((partition, ckey, head))
 
-    def write_if_changed(self, partition: int, state: CrossingState) -> list[Any]:
+    def write_if_changed(self, partition: int, state: CrossingState) -> bool:
         """Write ``state``'s unmarked head (and what changed) unless nothing would change."""
         data = encode(state, False)
         if (
@@ -228,8 +235,9 @@ class StateStore:
             and not state.added
             and not state.removed
         ):
-            return []
-        return self.write(partition, state, False)
+            return False
+        self.write(partition, state, False)
+        return True
 
     def commit(self) -> None:
         """The writes made so far are durable: their obsolete records may now be deleted."""
@@ -242,18 +250,22 @@ class StateStore:
         """True when records are waiting to be deleted."""
         return any(self._due.values())
 
-    def send_due(self, partition: int | None = None) -> list[Any]:
+    def abandon(self) -> None:
+        """The writes made since the last :meth:`commit` failed: delete nothing for them.
+
+        Their obsolete records stay in the changelog until a load finds them dead.
+        """
+        self._staged = {}
+
+    def send_due(self, partition: int | None = None) -> None:
         """Delete the records due for deletion (in ``partition``, or everywhere)."""
         if partition is None:
             parts = list(self._due)
         else:
             parts = [partition] if self._due.get(partition) else []
-        writes = []
-        send = self.table.send_changelog
+        out = self.outbox
         for p in parts:
-            for key in self._due.pop(p, []):
-                writes.append(send(p, key, None, "raw", "raw"))
-        return writes
+            out.extend((p, key, None) for key in self._due.pop(p, []))
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Revoked partitions: their new owner deletes what is obsolete (it finds it on load)."""
@@ -316,9 +328,9 @@ class StateStore:
         data = self.table.data.get(POSITION_KEY % partition)
         return checkpoint.decode_clock(data) if data else None
 
-    def write_position(self, partition: int, offset: int, clock: int | None) -> Any:
-        """Write a position record; returns the write to wait for."""
+    def write_position(self, partition: int, offset: int, clock: int | None) -> None:
+        """Write a position record (to :attr:`outbox`)."""
         key = POSITION_KEY % partition
         data = checkpoint.encode_position(offset, clock)
         self.table.data[key] = data
-        return self.table.send_changelog(partition, key, data, "raw", "raw")
+        self.outbox.append((partition, key, data))
