@@ -202,7 +202,7 @@ class Aggregator:
             partitions=partitions,
             key_type=bytes,
             value_type=bytes,
-            help="One state record per crossing: panes, watermark, de-duplication, offsets.",
+            help="Per crossing a head (counters, watermark, offsets) and one record per report.",
             extra_topic_configs={
                 "max.message.bytes": str(storage.STATE_RECORD_MAX_BYTES),
                 **replicated,

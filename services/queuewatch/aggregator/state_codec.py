@@ -148,7 +148,11 @@ def _snap_json(state: CrossingState) -> str:
 
 
 def encode_state(state: CrossingState) -> bytes:
-    """Serialise one crossing's state (compact JSON; keys in a fixed order)."""
+    """Serialise one crossing's whole state as format 1 (compact JSON; keys in a fixed order).
+
+    The aggregator writes format 2 now (:func:`encode_head`); this stays the reference of
+    what earlier releases left in the changelog (read on upgrade by :func:`decode_state`).
+    """
     c = state.counters
     head: dict[str, Any] = {
         "f": FORMAT_VERSION,
