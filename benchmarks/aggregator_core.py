@@ -31,9 +31,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from queuewatch.aggregator.app import Aggregator
 from queuewatch.aggregator.intake import RawMessage, intake, reader_schema
 from queuewatch.aggregator.state import AggregationConfig, CrossingState
+from queuewatch.aggregator.storage import StateStore
 from queuewatch.aggregator.window_codec import window_encoder
 from queuewatch.contract.codec import encode
 from queuewatch.contract.schemas import CROSSING_WINDOW, QUEUE_REPORT, default_registry
@@ -136,12 +136,21 @@ class Timings:
     state_bytes: int = 0
 
 
+class _Table:
+    """The table as :class:`StateStore` uses it: its ``data``."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+
 def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str]:
     """Process the case batch by batch; return stage timings and the output digest."""
     reader = reader_schema()
     encode_window = window_encoder(default_registry().latest(CROSSING_WINDOW))
     states: dict[str, CrossingState] = {}
+    store = StateStore(_Table(), config)
     digest = hashlib.sha256()
+    windows_digest = hashlib.sha256()
     tm = Timings()
     clock = time.perf_counter
     msgs = case.messages
@@ -160,9 +169,11 @@ def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str
         t2 = clock()
         for cid in touched:
             st = states[cid]
-            data = Aggregator._encode(st, st.has_changes())
-            tm.state_bytes += len(data)
-            digest.update(data)
+            store.write(0, st, st.has_changes())
+            store.commit()
+            for _, key, data in store.take():
+                tm.state_bytes += len(key) + len(data or b"")
+                digest.update(key + (data or b""))
         t3 = clock()
         rows: list[dict[str, Any]] = []
         for cid in touched:
@@ -171,6 +182,7 @@ def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str
         for row in rows:
             row["updated_at"] = UPDATED_AT
             digest.update(encode_window(row))
+            windows_digest.update(encode_window(row))
         t5 = clock()
         tm.windows_out += len(rows)
         tm.intake += t1 - t0
@@ -178,6 +190,7 @@ def run(case: Case, config: AggregationConfig, batch: int) -> tuple[Timings, str
         tm.state += t3 - t2
         tm.windows += t4 - t3
         tm.encode += t5 - t4
+    print(f"{case.name}: windows digest {windows_digest.hexdigest()[:16]}")
     return tm, digest.hexdigest()
 
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from faust.types import TP
 
 from queuewatch.aggregator import app as appmod
+from queuewatch.aggregator import progress as progressmod
 from queuewatch.settings import AggregatorSettings, CommonSettings
 
 REPORTS = "queue-reports"
@@ -73,19 +74,19 @@ class Probe:
 def aggregator(tmp_path: Path, consumer: Consumer, probe: Probe) -> Any:
     common = CommonSettings(home=str(tmp_path), kafka_bootstrap="127.0.0.1:1")
     agg = appmod.Aggregator(common, AggregatorSettings(), 12)  # no broker: nothing is started
-    agg.app = App(consumer)
-    agg.gaps = probe
-    agg.order.own(8, 14)
-    agg._delivered_at[8] = time.monotonic() - 2 * appmod._SILENT_AFTER_S
-    return agg
+    agg.progress.app = App(consumer)
+    agg.progress.gaps = probe
+    agg.progress.order.own(8, 14)
+    agg.progress.delivered_at[8] = time.monotonic() - 2 * progressmod._SILENT_AFTER_S
+    return agg.progress
 
 
 def sample_and_repair(agg: Any) -> tuple[int, int, list[Any]]:
     async def run() -> tuple[int, int, list[Any]]:
         silent: list[Any] = []
-        position, lag, _ = await agg._sample_progress(silent)
+        position, lag, _ = await agg.sample_progress(silent)
         if silent:
-            await agg._repair_silent(silent)
+            await agg.repair_silent(silent)
         return position, lag, silent
 
     return asyncio.run(run())
@@ -108,7 +109,7 @@ def test_a_partition_that_delivered_recently_is_not_silent(tmp_path: Path) -> No
     consumer = Consumer(end=277, fetched=277)
     probe = Probe(first=14)
     agg = aggregator(tmp_path, consumer, probe)
-    agg._delivered_at[8] = time.monotonic()
+    agg.delivered_at[8] = time.monotonic()
     _, lag, silent = sample_and_repair(agg)
     assert lag == 263 and silent == [] and probe.asked == [] and consumer.sought == []
 

@@ -1,11 +1,12 @@
 """The last resort for a state record that would exceed what a changelog message may hold.
 
-By design no realistic input gets there: too-late reports leave no trace, quiet crossings are
-sealed, event ids are trimmed as the watermark moves (:mod:`queuewatch.aggregator.state`). But
-one crossing can still be flooded, for example with hundreds of thousands of distinct reports
-inside one day of event time. Raising would crash the worker and replay the same batch for
-ever; so the crossing keeps the longest prefix of the batch's reports whose record fits, and
-the rest of its reports in the batch become dead letters (``state_too_large``).
+By design no realistic input gets there: a crossing's head record (:mod:`.storage`) holds its
+counters and the marks and snapshots of windows not emitted yet, while event ids and what
+reports put into panes are records of their own. But one batch can still change windows over
+a long span of event time (a backfill), and every one of them waits in the head. Raising
+would crash the worker and replay the same batch for ever; so the crossing keeps the longest
+prefix of the batch's reports whose record fits, and the rest of its reports in the batch
+become dead letters (``state_too_large``).
 
 The prefix is found by bisection over its length, each step rebuilding the state from the
 last durable record: a few dozen applications of one batch, only on this rare path. A record

@@ -35,9 +35,11 @@ Per batch the aggregator does, in this order:
    ack of the batch can then never be the *final* ack on its own; keep only the partitions'
    next offsets (above);
 2. decode, validate and apply every report to the crossings' states (pure, no awaits);
-3. write the new state of every touched crossing to the table's changelog (the state holds
-   the last applied offset per partition, so state and position travel in one record), every
-   dead letter to the DLQ, and the previous batch's position records;
+3. write what the batch changed in every touched crossing to the table's changelog (its
+   accepted reports' records, then its head, which holds the last applied offset per
+   partition: see :mod:`queuewatch.aggregator.storage` for why a crash between them changes
+   nothing), every dead letter to the DLQ, the previous batch's position records, and the
+   deletes the previous batch's heads made safe;
 4. wait until the broker has acknowledged every one of those writes (acks=all);
 5. only then drop the extra reference (:func:`release`): the messages become committable.
 

@@ -61,6 +61,11 @@ from queuewatch.aggregator.windows import WindowFamily, parse_duration_ms, parse
 LaneKey = tuple[str, str, str]
 #: (lane, family index, window start)
 WindowKey = tuple[LaneKey, int, int]
+#: What an accepted report put into the panes, all a pane needs to be rebuilt (state_codec):
+#: ``(event_id, watermark after it, seq, observed_at, lane, family mask, source, wait,
+#: vehicles, length, status, source type)``; bit ``i`` of the mask is set when family ``i``
+#: counted it.
+Contribution = tuple[str, int, int, int, LaneKey, int, str, Any, Any, Any, str, str]
 
 NO_WATERMARK = -(2**62)
 
@@ -140,7 +145,9 @@ class CrossingState:
     """Everything the aggregator knows about one crossing."""
 
     __slots__ = (
+        "added",
         "applied",
+        "base",
         "config",
         "counters",
         "crossing_id",
@@ -149,6 +156,7 @@ class CrossingState:
         "dedup_order",
         "dedup_trimmed",
         "lanes",
+        "removed",
         "sealed",
         "seq",
         "snap_json",
@@ -183,6 +191,13 @@ class CrossingState:
         self.snapshots: dict[WindowKey, dict[str, Any]] = {}
         #: the state codec's cache of each snapshot's JSON, with its row (not persisted)
         self.snap_json: dict[WindowKey, tuple[dict[str, Any], str]] = {}
+        #: accepted reports and forgotten event ids since the last write (``storage`` writes
+        #: what changed, not the whole state; not persisted as such)
+        self.added: list[Contribution] = []
+        self.removed: list[str] = []
+        #: the watermark of a format-1 record this state was upgraded from and still draws on
+        #: (``state_codec``: the base), None when there is none
+        self.base: int | None = None
 
     # --- applying reports ----------------------------------------------------------------
 
@@ -221,7 +236,10 @@ class CrossingState:
         length = record.get("queue_length_km")
         status = record.get("status") or "unknown"
         late = False
-        for (fam, pane_len), fstate in zip(self.config.layout, lane, strict=True):
+        mask = 0  # the families that count it (bit i: family i)
+        for index, ((fam, pane_len), fstate) in enumerate(
+            zip(self.config.layout, lane, strict=True)
+        ):
             if maybe_late and (
                 fam.first_window_start(t) + fam.size + grace <= wm0
                 or fam.first_window_start(t) <= sealed
@@ -236,11 +254,28 @@ class CrossingState:
                 pane = fstate.panes[p] = Pane()
             pane.add(seq, t, source, wait, vehicles, length, status, source_type)
             fstate.dirty.setdefault(p, wm0)
+            mask |= 1 << index
         self.counters.accepted += 1
         if late:
             self.counters.late += 1
         wm1 = t if t > wm0 else wm0
         self.dedup[event_id] = wm1
+        self.added.append(
+            (
+                event_id,
+                wm1,
+                seq,
+                t,
+                lane_key,
+                mask,
+                source,
+                wait,
+                vehicles,
+                length,
+                status,
+                source_type,
+            )
+        )
         if self.dedup_order is not None:
             self.dedup_order.append(event_id)
         if wm1 > wm0:
@@ -272,6 +307,7 @@ class CrossingState:
         for key, row in self._changed_rows():
             self.snapshots[key] = row
         self.lanes = {}
+        self.removed.extend(self.dedup)
         self.dedup = {}
         self.dedup_order = None
         self.dedup_trimmed = 0
@@ -310,8 +346,11 @@ class CrossingState:
             order = self.dedup_order = deque(dedup)
         limit = wm1 - self.config.dedup_horizon
         trimmed = 0
+        removed = self.removed
         while order and dedup[order[0]] <= limit:
-            del dedup[order.popleft()]
+            event_id = order.popleft()
+            del dedup[event_id]
+            removed.append(event_id)
             trimmed += 1
         self.dedup_trimmed += trimmed
 
@@ -405,6 +444,17 @@ class CrossingState:
         self.snapshots.clear()
         self.snap_json.clear()  # the cache must not outlive its rows (memory)
         rows.extend(row for _, row in self._changed_rows())
+        return rows
+
+    def take_snapshots(self) -> list[dict[str, Any]]:
+        """The changed windows that closed since the last take (final), then forget them.
+
+        A closed window changes no more, so emitting it early costs no extra message; the
+        open ones wait for :meth:`take_changed`, coalesced.
+        """
+        rows = list(self.snapshots.values())
+        self.snapshots.clear()
+        self.snap_json.clear()
         return rows
 
     def _changed_rows(self) -> list[tuple[WindowKey, dict[str, Any]]]:
