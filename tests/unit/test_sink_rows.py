@@ -116,7 +116,7 @@ def test_window_record_becomes_its_values_in_field_order() -> None:
         wait_minutes_p50=30.0,
     )
     row = WindowTransform()(message(encode(record, schema)))
-    assert row == [record[name] for name in window_columns()]
+    assert row == tuple(record[name] for name in window_columns())
 
 
 def test_statements_split_at_line_ending_semicolons_and_drop_comments() -> None:

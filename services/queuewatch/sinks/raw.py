@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from queuewatch.contract.codec import DecodeError, decode, writer_schema
+from queuewatch.contract.codec import DecodeError, Decoder
 from queuewatch.contract.schemas import QUEUE_REPORT, SchemaVersion, default_registry
 from queuewatch.contract.validation import validate_record
 from queuewatch.sinks.source import Message
@@ -83,14 +83,14 @@ class ReportTransform:
 
     def __init__(self, reader: SchemaVersion | None = None) -> None:
         self.reader = reader or default_registry().latest(QUEUE_REPORT)
+        self.decoder = Decoder(self.reader)
 
     def __call__(self, message: Message) -> list[Any] | None:
         """The row, or None when the record is not an accepted report."""
         if message.value is None:
             return None
         try:
-            writer = writer_schema(message.value)
-            record = decode(message.value, self.reader)
+            record, writer = self.decoder.read(message.value)
         except DecodeError as exc:
             log.debug(
                 "skipping %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc.code
