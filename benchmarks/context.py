@@ -52,13 +52,15 @@ SMOKE = Plan(
     sink_windows=2000, install_peer=False,
 )  # fmt: skip
 
+# The sinks get 200,000 rows: a drain at 50k rows/s then lasts seconds, well above the 0.25 s
+# at which the harness polls the group's commits for the end.
 FULL = Plan(
     mode="full", runs=3, limit_reports=1_000_000, aggregator_reports=15_000,
     aggregator_crossings=1000, aggregator_span_hours=48, dense_reports=100_000,
     dense_crossings=20, dense_span_hours=24, peer_reports=5_000, peer_crossings=100,
     peer_span_hours=12, e2e_rates=(50, 250, 1000, 5000, 10_000, 20_000), e2e_seconds=15.0,
     e2e_crossings=1000, e2e_drain_s=30.0, e2e_runs=1, query_reports=10_000_000,
-    query_crossings=1000, query_repeats=7, sink_reports=50_000, sink_windows=50_000,
+    query_crossings=1000, query_repeats=7, sink_reports=200_000, sink_windows=200_000,
     install_peer=True,
 )  # fmt: skip
 

@@ -108,9 +108,15 @@ def summary(result: dict[str, Any], result_path: str) -> str:
     if _ok(sink):
         assert sink is not None
         for table, key in (("queue_reports", "raw"), ("crossing_windows", "windows")):
+            live = sink.get(f"{key}_live")
+            while_publishing = (
+                f" ({_fmt(live['median']['rows_per_s'])} rows/s read while published)"
+                if live
+                else ""
+            )
             lines.append(
-                f"| sink all, chdb ({sink[key]['rows']:,} rows) | into {table} | "
-                f"{_fmt(sink[key]['median']['rows_per_s'])} rows/s |"
+                f"| sink all, chdb ({sink[key]['rows']:,} rows) | drains into {table} | "
+                f"{_fmt(sink[key]['median']['rows_per_s'])} rows/s{while_publishing} |"
             )
     e2e = sc.get("end_to_end")
     if _ok(e2e):

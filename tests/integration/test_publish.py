@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from queuewatch.contract.codec import decode
+from queuewatch.contract.report import QueueReport
 from queuewatch.contract.schemas import QUEUE_REPORT, default_registry
 from queuewatch.contract.validation import ReportInvalid, parse_json_report
 from queuewatch.kafka.producer import PublishError, ReportProducer
@@ -102,6 +104,20 @@ def test_sdk_accepts_an_already_parsed_record(bootstrap: str, unique: str) -> No
         producer.publish(record)
         with pytest.raises(ReportInvalid):
             producer.publish({**record, "wait_minutes": 30000})
+    [message] = read_all(bootstrap, topic, 1)
+    assert decode(message.value, SCHEMA) == record
+
+
+def test_sdk_publishes_a_typed_report_as_its_record(bootstrap: str, unique: str) -> None:
+    topic = f"reports-typed-{unique}"
+    ensure_topics(bootstrap, [TopicSpec(topic, 1)])
+    item = next(s for s in generate(SimulationConfig(seed=3)) if s.valid)
+    record = parse_json_report(item.report)
+    report = QueueReport.from_record(record)
+    with ReportProducer(bootstrap, topic) as producer:
+        producer.publish(report)
+        with pytest.raises(ReportInvalid):
+            producer.publish(replace(report, from_country="XX"))
     [message] = read_all(bootstrap, topic, 1)
     assert decode(message.value, SCHEMA) == record
 

@@ -31,6 +31,29 @@ def test_sasl_ssl_gives_kafka_python_the_mechanism_user_password_and_a_tls_conte
     assert kwargs["ssl_context"].check_hostname is True
 
 
+def test_librdkafka_gets_the_same_login_files_and_host_name_checking() -> None:
+    security = KafkaSecurity(
+        protocol="SASL_SSL",
+        username="qw",
+        password=SecretStr("pw"),
+        mechanism="SCRAM-SHA-512",
+        cafile=Path("ca.pem"),
+        certfile=Path("client.pem"),
+        keyfile=Path("client.key"),
+    )
+    assert security.librdkafka() == {
+        "security.protocol": "SASL_SSL",
+        "ssl.endpoint.identification.algorithm": "https",
+        "ssl.ca.location": "ca.pem",
+        "ssl.certificate.location": "client.pem",
+        "ssl.key.location": "client.key",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "qw",
+        "sasl.password": "pw",
+    }
+    assert KafkaSecurity().librdkafka() == {"security.protocol": "PLAINTEXT"}
+
+
 def test_faust_gets_sasl_credentials_with_tls_for_sasl_ssl_and_without_for_sasl_plaintext() -> None:
     tls = KafkaSecurity(protocol="SASL_SSL", username="qw", password=SecretStr("pw"))
     creds = tls.faust_credentials()

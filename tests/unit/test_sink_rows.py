@@ -3,6 +3,7 @@ errors are classified: the pure parts of the sinks and of the ClickHouse package
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from queuewatch.sinks.exceptions import RecordRejected
 from queuewatch.sinks.raw import ReportTransform
 from queuewatch.sinks.source import Message
 from queuewatch.sinks.windows import WindowTransform, window_columns
-from queuewatch.sinks.writer import split_by_partition, yyyymm
+from queuewatch.sinks.writer import monthly, months_between, split_by_partition, yyyymm
 
 NOW_MS = 1_727_000_000_000
 
@@ -116,7 +117,7 @@ def test_window_record_becomes_its_values_in_field_order() -> None:
         wait_minutes_p50=30.0,
     )
     row = WindowTransform()(message(encode(record, schema)))
-    assert row == [record[name] for name in window_columns()]
+    assert row == tuple(record[name] for name in window_columns())
 
 
 def test_statements_split_at_line_ending_semicolons_and_drop_comments() -> None:
@@ -228,6 +229,19 @@ def test_rows_over_the_partition_limit_split_into_parts_under_it_in_partition_or
     assert sorted(map(tuple, (r for part in parts for r in part))) == sorted(map(tuple, rows))
     assert parts[0] == [[1, 1], [1, 6], [2, 3]]  # row order kept within a partition
     assert split_by_partition(rows, lambda r: int(r[0]), 2) == parts  # deterministic
+
+
+def test_the_monthly_key_counts_months_from_min_and_max_and_splits_only_over_the_limit() -> None:
+    def ms(year: int, month: int) -> int:
+        return int(datetime(year, month, 15, tzinfo=UTC).timestamp() * 1000)
+
+    key = monthly(("t", "i"), "t")
+    assert months_between(ms(2022, 11), ms(2023, 2)) == 4
+    rows = [(ms(2022, m), i) for i, m in enumerate([12, 9, 10, 12, 11])]
+    assert key.fits(rows, 4) and not key.fits(rows, 3)
+    assert split_by_partition(rows, key, 4) == [rows]
+    parts = split_by_partition(rows, key, 3)
+    assert [[key(r) for r in part] for part in parts] == [[202209, 202210, 202211], [202212] * 2]
 
 
 def test_the_sinks_split_by_the_column_their_migrations_partition_by() -> None:

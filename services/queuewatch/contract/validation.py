@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from queuewatch.contract import report
 from queuewatch.errors import QueuewatchError
 
 #: How far ahead of the reference time ``observed_at`` may be: clocks of phones and feeds
@@ -85,20 +86,14 @@ MEASUREMENTS: Final[tuple[tuple[str, bool, float, str], ...]] = (
 )
 MEASUREMENT_FIELDS: Final = tuple(m[0] for m in MEASUREMENTS)
 
-REQUIRED_FIELDS: Final = (
-    "event_id",
-    "crossing_id",
-    "from_country",
-    "to_country",
-    "traffic_class",
-    "observed_at",
-    "source",
-)
-#: Every field of the QueueReport record (and of its JSON form), in schema order.
-RECORD_FIELDS: Final = (*REQUIRED_FIELDS, *MEASUREMENT_FIELDS, "status", "location", "note")
+#: Every field of the QueueReport record (and of its JSON form), in schema order: read from
+#: schemas/queue_report.avsc by contract.report, the one place that lists them.
+RECORD_FIELDS: Final = report.REPORT_FIELDS
+#: The fields without a default in the schema: a report must give them.
+REQUIRED_FIELDS: Final = report.REQUIRED_FIELDS
 _RECORD_FIELD_SET: Final = frozenset(RECORD_FIELDS)
-SOURCE_FIELDS: Final = frozenset({"type", "name", "url"})
-LOCATION_FIELDS: Final = frozenset({"lat", "lon"})
+SOURCE_FIELDS: Final = frozenset(report.SOURCE_FIELDS)
+LOCATION_FIELDS: Final = frozenset(report.LOCATION_FIELDS)
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS: Final = timedelta(milliseconds=1)

@@ -34,6 +34,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from queuewatch.contract.codec import encode
+from queuewatch.contract.report import QueueReport
 from queuewatch.contract.schemas import QUEUE_REPORT, SchemaVersion, default_registry
 from queuewatch.contract.validation import ReportInvalid, parse_json_report, validate_record
 from queuewatch.errors import QueuewatchError
@@ -151,14 +152,17 @@ class ReportProducer:
 
     # --- publishing ------------------------------------------------------------------------
 
-    def publish(self, report: dict[str, Any]) -> None:
+    def publish(self, report: dict[str, Any] | QueueReport) -> None:
         """Validate one report and queue it for delivery; raise ReportInvalid if it breaks a rule.
 
-        ``report`` is the JSON form (``observed_at`` an RFC 3339 string) or an already-parsed
-        record (``observed_at`` in UTC milliseconds). The future-time rule is checked against
-        this machine's clock. Delivery is asynchronous: call :meth:`flush` to wait for it.
+        ``report`` is a typed :class:`QueueReport`, the JSON form (``observed_at`` an RFC 3339
+        string) or an already-parsed record (``observed_at`` in UTC milliseconds). The
+        future-time rule is checked against this machine's clock. Delivery is asynchronous:
+        call :meth:`flush` to wait for it.
         """
         now_ms = self._clock_ms()
+        if isinstance(report, QueueReport):
+            report = report.to_record()
         if isinstance(report.get("observed_at"), str):
             record = parse_json_report(report, now_ms)
         else:

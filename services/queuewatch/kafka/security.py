@@ -111,6 +111,26 @@ class KafkaSecurity:
             kwargs["sasl_plain_password"] = self.password.get_secret_value()
         return kwargs
 
+    def librdkafka(self) -> dict[str, str]:
+        """Settings for confluent-kafka's clients (librdkafka names), as kafka_python() does.
+
+        librdkafka takes the CA and client certificate as files, not as an ``SSLContext``;
+        it checks the broker's host name by default, as our context does.
+        """
+        config: dict[str, str] = {"security.protocol": self.protocol}
+        if self.uses_tls:
+            config["ssl.endpoint.identification.algorithm"] = "https"
+            if self.cafile is not None:
+                config["ssl.ca.location"] = str(self.cafile)
+            if self.certfile is not None and self.keyfile is not None:
+                config["ssl.certificate.location"] = str(self.certfile)
+                config["ssl.key.location"] = str(self.keyfile)
+        if self.uses_sasl:
+            config["sasl.mechanism"] = self.mechanism
+            config["sasl.username"] = self.username
+            config["sasl.password"] = self.password.get_secret_value()
+        return config
+
     def aiokafka(self) -> dict[str, Any]:
         """Keyword arguments for an aiokafka client of ours (named as kafka-python names them)."""
         return self.kafka_python()

@@ -127,9 +127,13 @@ class Batch:
             self.rows.append(row)
             self.sources.append(message)
         key = (message.topic, message.partition)
-        first, last = self.ranges.get(key, (message.offset, message.offset))
-        self.ranges[key] = (min(first, message.offset), max(last, message.offset))
-        self.topic_ids.setdefault(message.topic, message.topic_id)
+        offset = message.offset
+        span = self.ranges.get(key)
+        if span is None:
+            self.ranges[key] = (offset, offset)
+            self.topic_ids.setdefault(message.topic, message.topic_id)
+        elif not span[0] <= offset <= span[1]:  # offsets grow per partition: rarely taken
+            self.ranges[key] = (min(span[0], offset), max(span[1], offset))
 
     def reject(self, message: Message, code: str, reason: str, now: float) -> None:
         """Add a record that makes no row but a dead letter."""
@@ -302,8 +306,10 @@ class Checkpointer:
         if not self._batch.is_empty():
             wait = max(0.0, self._batch.started_at + self.batch_seconds - now)
         room = self.batch_rows - self._batch.records
-        for message in self.source.poll(min(wait, 0.5), room):
-            self._transform(message)
+        polled = self.source.poll(min(wait, 0.5), room)
+        now = self.clock()
+        for message in polled:
+            self._transform(message, now)
         if self._batch.is_due(self.clock(), self.batch_rows, self.batch_seconds):
             self.flush(stop)
 
@@ -313,12 +319,13 @@ class Checkpointer:
         except Exception as exc:  # a broker that does not answer: the lag stays as it was
             log.debug("%s: lag not measured (%s)", self.name, exc)
 
-    def _transform(self, message: Message) -> None:
+    def _transform(self, message: Message, now: float) -> None:
+        """Step 2 for one record polled at ``now``."""
         self.stats.records += 1
         try:
             row = self.transform(message)
         except RecordRejected as exc:  # step 2: the transform's own verdict
-            self._batch.reject(message, exc.code, exc.reason, self.clock())
+            self._batch.reject(message, exc.code, exc.reason, now)
             return
         except Exception as exc:  # a bug must not stop the projection on one record
             log.exception(
@@ -329,11 +336,11 @@ class Checkpointer:
                 message.offset,
             )
             reason = f"{type(exc).__name__}: {exc}"
-            self._batch.reject(message, TRANSFORM_FAILED, reason, self.clock())
+            self._batch.reject(message, TRANSFORM_FAILED, reason, now)
             return
         if row is None:
             self.stats.skipped += 1
-        self._batch.add(message, row, self.clock())
+        self._batch.add(message, row, now)
 
     def flush(self, stop: threading.Event) -> bool:
         """Steps 3-5: write the batch, dead-letter, then commit its offsets; False if aborted."""

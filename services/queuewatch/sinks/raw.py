@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from queuewatch.contract.codec import DecodeError, decode, writer_schema
+from queuewatch.contract.codec import DecodeError, Decoder
+from queuewatch.contract.report import FLAT_FIELDS, flat_values
 from queuewatch.contract.schemas import QUEUE_REPORT, SchemaVersion, default_registry
 from queuewatch.contract.validation import validate_record
 from queuewatch.sinks.source import Message
@@ -21,61 +22,16 @@ TABLE = "queue_reports"
 #: The table is ``PARTITION BY toYYYYMM(observed_at)`` (0001_queue_reports.sql).
 PARTITION_COLUMN = "observed_at"
 
-#: Inserted columns, in row order; ingested_at and arrival_version are filled by ClickHouse.
-COLUMNS: tuple[str, ...] = (
-    "event_id",
-    "crossing_id",
-    "from_country",
-    "to_country",
-    "traffic_class",
-    "observed_at",
-    "source_type",
-    "source_name",
-    "source_url",
-    "wait_minutes",
-    "queue_vehicles",
-    "queue_persons",
-    "queue_length_km",
-    "throughput_per_hour",
-    "lanes_open",
-    "status",
-    "location_lat",
-    "location_lon",
-    "note",
-    "kafka_partition",
-    "kafka_offset",
-    "schema_fingerprint",
-)
+#: Inserted columns, in row order: the report flattened as contract.report derives it from the
+#: schema, then where the row came from; ingested_at and arrival_version are filled by ClickHouse.
+COLUMNS: tuple[str, ...] = (*FLAT_FIELDS, "kafka_partition", "kafka_offset", "schema_fingerprint")
 
 
 def report_row(record: dict[str, Any], message: Message, fingerprint_hex: str) -> list[Any]:
     """One queue_reports row from a decoded report; nested fields flattened."""
-    source = record["source"]
-    location = record.get("location")
-    return [
-        record["event_id"],
-        record["crossing_id"],
-        record["from_country"],
-        record["to_country"],
-        record["traffic_class"],
-        record["observed_at"],  # UTC ms: DateTime64(3) takes the ticks as they are
-        source["type"],
-        source["name"],
-        source.get("url"),
-        record.get("wait_minutes"),
-        record.get("queue_vehicles"),
-        record.get("queue_persons"),
-        record.get("queue_length_km"),
-        record.get("throughput_per_hour"),
-        record.get("lanes_open"),
-        record.get("status", "unknown"),
-        location["lat"] if location else None,
-        location["lon"] if location else None,
-        record.get("note"),
-        message.partition,
-        message.offset,
-        fingerprint_hex,
-    ]
+    row = flat_values(record)
+    row += (message.partition, message.offset, fingerprint_hex)
+    return row
 
 
 class ReportTransform:
@@ -83,14 +39,14 @@ class ReportTransform:
 
     def __init__(self, reader: SchemaVersion | None = None) -> None:
         self.reader = reader or default_registry().latest(QUEUE_REPORT)
+        self.decoder = Decoder(self.reader)
 
     def __call__(self, message: Message) -> list[Any] | None:
         """The row, or None when the record is not an accepted report."""
         if message.value is None:
             return None
         try:
-            writer = writer_schema(message.value)
-            record = decode(message.value, self.reader)
+            record, writer = self.decoder.read(message.value)
         except DecodeError as exc:
             log.debug(
                 "skipping %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc.code

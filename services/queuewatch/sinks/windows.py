@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from queuewatch.contract.codec import DecodeError, decode
+from queuewatch.contract.codec import DecodeError, Decoder
 from queuewatch.contract.schemas import CROSSING_WINDOW, SchemaVersion, default_registry
 from queuewatch.sinks.exceptions import RecordRejected
 from queuewatch.sinks.source import Message
@@ -30,18 +30,23 @@ def window_columns(schema: SchemaVersion | None = None) -> tuple[str, ...]:
 
 
 class WindowTransform:
-    """Kafka record -> crossing_windows row (the Avro record's values in field order)."""
+    """Kafka record -> crossing_windows row (the Avro record's values in field order).
+
+    The row is decoded straight into a tuple (``Decoder(as_row=True)``), no dict between:
+    whatever fields a later window or pane schema has, its fields are the table's columns.
+    """
 
     def __init__(self, reader: SchemaVersion | None = None) -> None:
         self.reader = reader or default_registry().latest(CROSSING_WINDOW)
         self.columns = window_columns(self.reader)
+        self.decoder = Decoder(self.reader, as_row=True)
 
-    def __call__(self, message: Message) -> list[Any] | None:
+    def __call__(self, message: Message) -> tuple[Any, ...] | None:
         """The row; None for an empty record; RecordRejected for one that does not decode."""
         if message.value is None:
             return None
         try:
-            record = decode(message.value, self.reader)
+            row: tuple[Any, ...] = self.decoder(message.value)
         except DecodeError as exc:
             log.error(
                 "crossing-windows record %s[%d]@%d does not decode (%s); dead-lettering it",
@@ -51,4 +56,4 @@ class WindowTransform:
                 exc,
             )
             raise RecordRejected(exc.code, str(exc)) from exc
-        return [record[name] for name in self.columns]
+        return row

@@ -31,14 +31,38 @@ def yyyymm(ms: int) -> int:
     return when.year * 100 + when.month
 
 
-def monthly(columns: Sequence[str], column: str) -> PartitionKey:
+def months_between(first_ms: int, last_ms: int) -> int:
+    """How many calendar months (UTC) ``[first_ms, last_ms]`` touches, both ends included."""
+    first, last = yyyymm(first_ms), yyyymm(last_ms)
+    return (last // 100 - first // 100) * 12 + (last % 100 - first % 100) + 1
+
+
+class MonthlyKey:
+    """The key of a table ``PARTITION BY toYYYYMM(column)``, for rows in ``columns`` order.
+
+    Calling it gives a row's partition; :meth:`fits` answers "do these rows touch at most
+    n partitions?" from the column's minimum and maximum alone (C-level passes), so a
+    batch of live traffic (one month, sometimes two) is never grouped row by row.
+    """
+
+    def __init__(self, columns: Sequence[str], column: str) -> None:
+        self.index = list(columns).index(column)
+
+    def __call__(self, row: Sequence[Any]) -> int:
+        return yyyymm(int(row[self.index]))
+
+    def fits(self, rows: Sequence[Sequence[Any]], max_partitions: int) -> bool:
+        """True when every row falls into the months of at most ``max_partitions`` partitions."""
+        if not rows:
+            return True
+        index = self.index
+        values = [row[index] for row in rows]
+        return months_between(int(min(values)), int(max(values))) <= max_partitions
+
+
+def monthly(columns: Sequence[str], column: str) -> MonthlyKey:
     """The key of a table ``PARTITION BY toYYYYMM(column)``, for rows in ``columns`` order."""
-    index = list(columns).index(column)
-
-    def key(row: Sequence[Any]) -> int:
-        return yyyymm(int(row[index]))
-
-    return key
+    return MonthlyKey(columns, column)
 
 
 def split_by_partition(
@@ -49,6 +73,8 @@ def split_by_partition(
     One part (the rows as they are) when they fit; otherwise partitions in ascending order,
     so the same rows always give the same parts. Rows keep their order within a partition.
     """
+    if isinstance(key, MonthlyKey) and key.fits(rows, max_partitions):
+        return [list(rows)]
     by_partition: dict[int, list[Sequence[Any]]] = {}
     for row in rows:
         by_partition.setdefault(key(row), []).append(row)
@@ -101,10 +127,14 @@ class ClickHouseWriter:
             )
         for i, part in enumerate(parts, 1):
             token = dedup_token if len(parts) == 1 else f"{dedup_token}/part-{i}-of-{len(parts)}"
+            # Columns, not rows: clickhouse-connect serializes column by column, so handing
+            # it columns (one C-level transpose here) spares it a transpose of its own.
+            columns = list(zip(*part, strict=True)) if part else [() for _ in self.columns]
             with ENGINE_LOCK, clickhouse_errors(f"inserting {len(part)} rows into {self.table}"):
                 self.client.insert(
                     self.table,
-                    part,
+                    columns,
                     column_names=self.columns,
+                    column_oriented=True,
                     settings={"insert_deduplication_token": token},
                 )
