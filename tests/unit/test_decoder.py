@@ -86,7 +86,7 @@ def test_trailing_bytes_are_malformed() -> None:
 def test_a_negative_union_branch_is_malformed() -> None:
     # The window's first optional field, wait_minutes_min, follows 5 strings and 4 numbers;
     # branch -1 (zig-zag 0x01) is written where null (0x00) was.
-    row = {f["name"]: None for f in WINDOW.parsed["fields"]}
+    row = {f["name"]: f.get("default") for f in WINDOW.parsed["fields"]}
     row.update(
         crossing_id="a", from_country="GE", to_country="RU", traffic_class="car",
         window_size="1h", window_start=0, window_end=1, reports=1, sources=1,
@@ -138,6 +138,26 @@ def test_a_schema_with_a_kind_it_does_not_read_compiles_to_nothing() -> None:
     schema = {
         "type": "record",
         "name": "R",
-        "fields": [{"name": "xs", "type": {"type": "array", "items": "long"}}],
+        "fields": [{"name": "xs", "type": {"type": "fixed", "name": "F", "size": 4}}],
     }
     assert compile_decoder(schema) is None
+
+
+def test_arrays_and_maps_in_blocks_of_either_sign_read_as_fastavro_reads_them() -> None:
+    schema = {
+        "type": "record",
+        "name": "R",
+        "fields": [
+            {"name": "xs", "type": {"type": "array", "items": "string"}},
+            {"name": "m", "type": {"type": "map", "values": "int"}},
+        ],
+    }
+    decoder = compile_decoder(schema)
+    assert decoder is not None
+    # xs: a block of -2 items with its byte size (4), then the end; m: one block of 1, the end
+    body = bytes(
+        [0x03, 0x08, 0x02, ord("a"), 0x02, ord("b"), 0x00, 0x02, 0x02, ord("k"), 0x54, 0x00]
+    )
+    assert decoder(body, 0) == {"xs": ["a", "b"], "m": {"k": 42}}
+    with pytest.raises(ValueError, match="block count"):
+        decoder(bytes([0x7E, 0x00]), 0)  # 63 items announced, none there

@@ -7,8 +7,8 @@ statements that read it (a varint, a slice, ``struct.unpack_from``), with no loo
 schema at run time. It reads the reports and the window records in about 2.5 µs.
 
 The kinds handled are those of ``schemas/``: null, boolean, int, long, float, double,
-string, bytes, enums, nested records and unions. A schema using any other kind (arrays,
-maps, fixed, logical types) gets None from :func:`compile_decoder`, and the caller keeps
+string, bytes, enums, nested records, unions, arrays and maps. A schema using any other kind
+(fixed, logical types) gets None from :func:`compile_decoder`, and the caller keeps
 fastavro. The decoder reads bytes written with exactly this schema; reading an older
 writer's bytes into a newer reader (schema resolution) stays with fastavro too.
 
@@ -112,6 +112,8 @@ class _Compiler:
             self.emit(indent + 1, f"raise ValueError(f'enum index {{{index}}} out of range')")
             self.emit(indent, f"{target} = {symbols}[{index}]")
             return True
+        if kind in ("array", "map"):
+            return self.blocks(schema, indent, target, namespace)
         if kind == "record":
             inner = self.remember(schema, namespace)
             fields: list[tuple[str, str]] = []  # (field name, its variable)
@@ -127,6 +129,31 @@ class _Compiler:
                 self.emit(indent, f"{target} = {{{items}}}")
             return True
         return False
+
+    def blocks(self, schema: dict[str, Any], indent: int, target: str, namespace: str) -> bool:
+        """An array or a map: blocks of ``count`` items (a negative count is followed by the
+        block's size in bytes), ended by an empty block; map items are a string key and a
+        value."""
+        is_map = schema["type"] == "map"
+        items = schema.get("values" if is_map else "items")
+        count, key, item = self.fresh("c"), self.fresh("k"), self.fresh("v")
+        self.emit(indent, f"{target} = {{}}" if is_map else f"{target} = []")
+        self.emit(indent, "while True:")
+        self.long(indent + 1, count)
+        self.emit(indent + 1, f"if {count} == 0:")
+        self.emit(indent + 2, "break")
+        self.emit(indent + 1, f"if {count} < 0:")
+        self.emit(indent + 2, f"{count} = -{count}")
+        self.long(indent + 2, self.fresh("s"))  # the block's byte size: not needed
+        self.emit(indent + 1, f"if {count} > size - pos:")  # every item takes a byte at least
+        self.emit(indent + 2, "raise ValueError('a block count past the end of the payload')")
+        self.emit(indent + 1, f"for _ in range({count}):")
+        if is_map:
+            self.primitive("string", indent + 2, key)
+        if not self.value(items, indent + 2, item, namespace):
+            return False
+        self.emit(indent + 2, f"{target}[{key}] = {item}" if is_map else f"{target}.append({item})")
+        return True
 
     def remember(self, schema: dict[str, Any], namespace: str) -> str:
         """Register a named type for later references; return the namespace inside it."""
