@@ -108,6 +108,11 @@ class CommonSettings(BaseSettings):
         12, description="Partitions of the reports topic: the ceiling on aggregator workers."
     )
     log_level: str = Field("INFO", description="Python log level of every queuewatch process.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="How every queuewatch process writes its log on stderr: text for people, "
+        "json for log shippers (one object per line: time, level, logger, process, pid, event).",
+    )
     aggregator_group: str = Field(
         "queuewatch-aggregator",
         description="Consumer group (and faust app id) of the aggregator; its state topics "

@@ -47,6 +47,7 @@ from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
 from queuewatch.errors import ConfigurationError
 from queuewatch.kafka.security import KafkaSecurity, RefusalLog, describe_failure
 from queuewatch.kafka.topics import MAX_RECORD_BYTES, max_message_bytes, replication
+from queuewatch.logformat import faust_logging_config
 from queuewatch.platform.liveness import Heartbeat
 from queuewatch.settings import AggregatorSettings, CommonSettings
 
@@ -598,6 +599,7 @@ def run(common: CommonSettings, settings: AggregatorSettings) -> None:
     worker = faust.Worker(
         aggregator.app,
         loglevel=common.log_level,
+        logging_config=faust_logging_config(common.log_level, common.log_format, "aggregator"),
         quiet=True,
         redirect_stdouts=False,
     )

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import typer
 
 from queuewatch.errors import QueuewatchError
@@ -19,14 +16,12 @@ app = typer.Typer(
 
 
 def setup_logging(level: str = "INFO") -> None:
-    """One log format for every queuewatch process, on stderr, with its secrets masked."""
-    from queuewatch import redaction
+    """One log format for every queuewatch process (QUEUEWATCH_LOG_FORMAT: text or JSON
+    lines), on stderr, with its secrets masked."""
+    from queuewatch import logformat, redaction
+    from queuewatch.settings import CommonSettings
 
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logformat.configure(level, CommonSettings().log_format)
     # Before any client exists: kafka-python logs its whole configuration at DEBUG.
     redaction.install(redaction.configured_secrets())
 
