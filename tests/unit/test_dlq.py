@@ -55,11 +55,13 @@ def test_a_letter_reads_its_reason_and_source_and_keeps_only_the_original_header
     assert x.original_headers() == [("trace", b"abc")]
 
 
-def test_already_republished_cut_and_empty_letters_are_refused_the_others_not() -> None:
+def test_already_republished_cut_empty_and_window_letters_are_refused_the_others_not() -> None:
     cut = letter(1, 7, **{"queuewatch.original.bytes": b"20000000"})
-    empty = Letter(1, 8, 0, b"k", None, ())
-    why = refused([*LETTERS, cut, empty], "dlq", {link("dlq", LETTERS[2])})
-    assert set(why) == {"1:0", "1:7", "1:8"}
+    empty = Letter(1, 8, 0, b"k", None, ((H_TOPIC, b"queue-reports"),))
+    window = Letter(2, 9, 0, b"k", b"v", ((H_TOPIC, b"crossing-windows"),))
+    why = refused([*LETTERS, cut, empty, window], "dlq", "queue-reports", {link("dlq", LETTERS[2])})
+    assert set(why) == {"1:0", "1:7", "1:8", "2:9"}
+    assert "only reports go back" in why["2:9"]
     assert "already re-published" in why["1:0"]
     assert "first bytes" in why["1:7"]
 

@@ -12,6 +12,8 @@ sending, the reports topic is read from the oldest selected letter's time on (a 
 copy is always newer than its letter) and every letter named by a link header there is
 refused, with the reason. The check and the send are not one transaction: two operators
 re-publishing the same letter at the same second could both pass it; one operator at a time.
+Only letters whose original came from the reports topic go back there: a window sink's letter
+holds a ``crossing-windows`` record, a poison report in ``queue-reports``.
 """
 
 from __future__ import annotations
@@ -135,11 +137,20 @@ def find(letters: Sequence[Letter], ref: str) -> Letter:
     return letters[index - 1]
 
 
-def refused(letters: Iterable[Letter], dlq_topic: str, links: set[str]) -> dict[str, str]:
-    """Letter ref -> why it must not be re-published (already was, or was cut)."""
+def refused(
+    letters: Iterable[Letter], dlq_topic: str, reports_topic: str, links: set[str]
+) -> dict[str, str]:
+    """Letter ref -> why it must not be re-published (already was, was cut, not a report)."""
     out: dict[str, str] = {}
     for x in letters:
-        if link(dlq_topic, x) in links:
+        if x.header(H_TOPIC) != reports_topic:
+            # A window sink's letter holds a crossing-windows record: in the reports topic it
+            # would be a poison report. Its fix is a sink that reads it (docs/operations.md).
+            out[x.ref] = (
+                f"its original came from {x.header(H_TOPIC)!r}, not {reports_topic}; only "
+                "reports go back to the reports topic"
+            )
+        elif link(dlq_topic, x) in links:
             out[x.ref] = f"already re-published (a report in the log links to {link(dlq_topic, x)})"
         elif x.header("queuewatch.original.bytes") is not None:
             out[x.ref] = (
@@ -249,7 +260,7 @@ def republish(
         return [], {}
     since = min(x.timestamp_ms for x in letters)
     links = republished_links(bootstrap, reports_topic, since, security)
-    why = refused(letters, dlq_topic, links)
+    why = refused(letters, dlq_topic, reports_topic, links)
     chosen = [x for x in letters if x.ref not in why]
     if not chosen:
         return [], why
