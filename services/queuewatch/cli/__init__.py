@@ -6,7 +6,13 @@ commands so that `queuewatch --help` answers at once.
 
 from __future__ import annotations
 
-from queuewatch.cli import clickhouse, platform, processors, producers  # noqa: F401  (registers)
+from queuewatch.cli import (  # noqa: F401  (registers)
+    clickhouse,
+    operations,
+    platform,
+    processors,
+    producers,
+)
 from queuewatch.cli.app import app
 
 

@@ -1,0 +1,1 @@
+"""Operator tools that act on the log: the dead-letter queue (`queuewatch dlq`)."""
