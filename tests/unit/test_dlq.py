@@ -59,8 +59,12 @@ def test_already_republished_cut_empty_and_window_letters_are_refused_the_others
     cut = letter(1, 7, **{"queuewatch.original.bytes": b"20000000"})
     empty = Letter(1, 8, 0, b"k", None, ((H_TOPIC, b"queue-reports"),))
     window = Letter(2, 9, 0, b"k", b"v", ((H_TOPIC, b"crossing-windows"),))
-    why = refused([*LETTERS, cut, empty, window], "dlq", "queue-reports", {link("dlq", LETTERS[2])})
-    assert set(why) == {"1:0", "1:7", "1:8", "2:9"}
+    raw_sink = letter(2, 10, **{"queuewatch.error.stage": b"raw"})
+    why = refused(
+        [*LETTERS, cut, empty, window, raw_sink], "dlq", "queue-reports", {link("dlq", LETTERS[2])}
+    )
+    assert set(why) == {"1:0", "1:7", "1:8", "2:9", "2:10"}
+    assert "already counted it" in why["2:10"]  # a sink's letter: the aggregator counted it
     assert "only reports go back" in why["2:9"]
     assert "already re-published" in why["1:0"]
     assert "first bytes" in why["1:7"]

@@ -150,6 +150,15 @@ def refused(
                 f"its original came from {x.header(H_TOPIC)!r}, not {reports_topic}; only "
                 "reports go back to the reports topic"
             )
+        elif x.header(H_STAGE) is not None:
+            # A sink's letter of a report: the aggregator accepted that report and counted it
+            # in its windows; sent again it would count twice once past the dedup horizon.
+            # Only its ClickHouse row is missing: fix the table and replay that sink.
+            out[x.ref] = (
+                f"the {x.header(H_STAGE)} sink wrote it: the aggregator already counted it, so "
+                "re-publishing would count it twice; fix ClickHouse and replay that sink "
+                "(docs/operations.md)"
+            )
         elif link(dlq_topic, x) in links:
             out[x.ref] = f"already re-published (a report in the log links to {link(dlq_topic, x)})"
         elif x.header("queuewatch.original.bytes") is not None:
