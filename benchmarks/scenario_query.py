@@ -25,6 +25,11 @@ from typing import Any
 
 from benchmarks.context import Context
 from benchmarks.stats import percentile
+from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
+from queuewatch.sinks.windows import window_columns
+
+#: The columns this generator fills (crossing_window v1's); later ones keep their defaults.
+V1_COLUMNS = ", ".join(window_columns(default_registry().versions(CROSSING_WINDOW)[0]))
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -73,7 +78,7 @@ def _insert_windows(client: Any, db: str, crossings: int, now_ms: int) -> int:
         aligned = now_ms // step * step
         client.command(
             f"""
-            INSERT INTO {db}.crossing_windows
+            INSERT INTO {db}.crossing_windows ({V1_COLUMNS})
             SELECT
                 concat('q-x', leftPad(toString(intDiv(number % {keys}, 2)), 4, '0')),
                 'RU', 'KZ',

@@ -108,6 +108,11 @@ class CommonSettings(BaseSettings):
         12, description="Partitions of the reports topic: the ceiling on aggregator workers."
     )
     log_level: str = Field("INFO", description="Python log level of every queuewatch process.")
+    metrics_address: str = Field(
+        "127.0.0.1",
+        description="Address every processor's Prometheus endpoint binds to (0.0.0.0 inside a "
+        "container, for Prometheus on the internal network).",
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         description="How every queuewatch process writes its log on stderr: text for people, "
@@ -251,6 +256,13 @@ class SinkSettings(BaseSettings):
 
     model_config = _ENV
 
+    sink_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the sink process's Prometheus metrics (/metrics; both sinks of "
+        "`sink all`, labelled); 0 turns them off. `queuewatch up` gives each a free one.",
+    )
     sink_batch_rows: int = Field(
         10_000,
         description="Rows per ClickHouse insert at most: large enough that parts stay few "
@@ -415,6 +427,13 @@ class AggregatorSettings(BaseSettings):
         ge=0,
         description="A (max - min) / max of the credible sources' waits above this makes "
         "the confidence low: the sources disagree.",
+    )
+    aggregator_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the aggregator's Prometheus metrics (/metrics); 0 turns them off. "
+        "`queuewatch up` gives each processor a free one.",
     )
     aggregator_web_port: int = Field(
         0,

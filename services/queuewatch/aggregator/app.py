@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,9 @@ class Aggregator:
             "silent": 0,  # lag, nothing delivered: sought back to the next offset
         }
         self._stopping = False
+        #: metrics (platform.metrics): the last batch acknowledged, and the batch latency
+        self.last_ack_at: float | None = None
+        self.batch_seconds: Any = None
         self._emit_lock = asyncio.Lock()
         self.emission = Emission(common.windows_topic, window_encoder(self.window_schema))
         self.progress = InputProgress(
@@ -308,6 +312,7 @@ class Aggregator:
         ):
             checkpoint.hold(events)
             steps = self.progress.steps
+            began = time.monotonic()
             try:
                 with steps.doing("putting the batch in log order (seeking back over a hole)"):
                     fresh = await self.progress.in_log_order(events)
@@ -335,6 +340,9 @@ class Aggregator:
                 checkpoint.die_unsafe("processing a batch", exc)
             with steps.doing("acknowledging the batch to faust"):
                 await checkpoint.release(stream, events)
+            self.last_ack_at = now = time.monotonic()
+            if self.batch_seconds is not None:
+                self.batch_seconds.observe(now - began)
 
     def _note_positions(self, events: list[Any]) -> None:
         """After a batch is durable: queue its partitions' position records.
@@ -589,12 +597,40 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def _serve_metrics(
+    aggregator: Aggregator, common: CommonSettings, settings: AggregatorSettings
+) -> None:
+    """Prometheus metrics on QUEUEWATCH_AGGREGATOR_METRICS_PORT (0: none), read at scrape."""
+    if settings.aggregator_metrics_port <= 0:
+        return
+    from prometheus_client import CollectorRegistry
+
+    from queuewatch.platform import metrics
+
+    registry = CollectorRegistry()
+    registry.register(
+        metrics.AggregatorCollector(
+            aggregator.totals,
+            aggregator.states,
+            lambda: aggregator.progress.partition_lag,
+            lambda: aggregator.last_ack_at,
+        )
+    )
+    aggregator.batch_seconds = metrics.batch_histogram(
+        registry,
+        "queuewatch_aggregator_batch_seconds",
+        "Seconds from a batch's arrival to its acknowledgement (applied, durable, emitted).",
+    )
+    metrics.serve(registry, common.metrics_address, settings.aggregator_metrics_port, "aggregator")
+
+
 def run(common: CommonSettings, settings: AggregatorSettings) -> None:
     """Run the aggregator worker until SIGTERM/SIGINT."""
     security = KafkaSecurity.from_settings(common)
     partitions = topic_partitions(common.kafka_bootstrap, common.reports_topic, security)
     dlq_max_bytes = max_message_bytes(common.kafka_bootstrap, common.dlq_topic, security)
     aggregator = Aggregator(common, settings, partitions, dlq_max_bytes)
+    _serve_metrics(aggregator, common, settings)
     _tune_gc()
     worker = faust.Worker(
         aggregator.app,

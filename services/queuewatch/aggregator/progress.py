@@ -80,6 +80,8 @@ class InputProgress:
         #: the gap probe found nothing we can receive (transaction markers at the end)
         self.delivered_at: dict[int, float] = {}
         self.nothing_before: dict[int, int] = {}
+        #: each assigned partition's lag at the last sample (read by the metrics)
+        self.partition_lag: dict[int, int] = {}
 
     def own(self, partition: int, start: int) -> None:
         """Start applying ``partition`` at offset ``start`` (after the table's recovery)."""
@@ -266,12 +268,14 @@ class InputProgress:
         now = time.monotonic()
         lag = 0
         unowned = []
+        lags: dict[int, int] = {}
         for tp in tps:
             end = int(ends.get(tp) or 0)
             nxt = self.order.next.get(tp.partition)
             if nxt is None:
                 unowned.append(tp.partition)
                 lag += end
+                lags[tp.partition] = end
                 continue
             behind = end - nxt
             if behind > 0 and self.nothing_before.get(tp.partition) == end:
@@ -287,6 +291,8 @@ class InputProgress:
                     log.warning("partition %d: paused with lag %d; resuming", tp.partition, behind)
                     consumer.resume_partitions({tp})
             lag += max(0, behind)
+            lags[tp.partition] = max(0, behind)
+        self.partition_lag = lags
         if unowned and not blocked:
             blocked = (
                 f"partitions {sorted(unowned)} are assigned but were never started at their "

@@ -30,6 +30,16 @@ class ChildSpec:
     restart_on_success: bool = True
     #: A full command line instead of a queuewatch subcommand (tests supervise small scripts).
     command: tuple[str, ...] | None = None
+    #: Its Prometheus port on 127.0.0.1 (``platform.metrics``), given in its environment.
+    metrics_port: int | None = None
+    #: The setting that carries ``metrics_port``.
+    metrics_setting: str = ""
+
+    def environment(self) -> dict[str, str]:
+        """What this child gets in its environment on top of the supervisor's."""
+        if self.metrics_port is None or not self.metrics_setting:
+            return {}
+        return {self.metrics_setting: str(self.metrics_port)}
 
     def argv(self, python: str = sys.executable) -> list[str]:
         """The command line: ``python -m queuewatch <args>`` (the same install as ``up``)."""
@@ -38,14 +48,33 @@ class ChildSpec:
         return [python, "-m", "queuewatch", *self.args]
 
 
-def process_plan(settings: CommonSettings, simulate: bool) -> list[ChildSpec]:
-    """The children of ``queuewatch up`` for these settings, in start order."""
-    plan = [ChildSpec("aggregator", ("aggregator",))]
+def process_plan(settings: CommonSettings, simulate: bool, metrics: bool = True) -> list[ChildSpec]:
+    """The children of ``queuewatch up`` for these settings, in start order.
+
+    With ``metrics``, each processor gets a free port on 127.0.0.1 for its Prometheus
+    endpoint, kept across its restarts.
+    """
+    from queuewatch.platform.broker import free_port
+
+    def port() -> int | None:
+        return free_port() if metrics else None
+
+    agg = "QUEUEWATCH_AGGREGATOR_METRICS_PORT"
+    sink = "QUEUEWATCH_SINK_METRICS_PORT"
+    plan = [ChildSpec("aggregator", ("aggregator",), metrics_port=port(), metrics_setting=agg)]
     if settings.is_embedded_clickhouse:
-        plan.append(ChildSpec("sink-all", ("sink", "all")))
+        plan.append(
+            ChildSpec("sink-all", ("sink", "all"), metrics_port=port(), metrics_setting=sink)
+        )
     else:
-        plan.append(ChildSpec("sink-raw", ("sink", "raw")))
-        plan.append(ChildSpec("sink-windows", ("sink", "windows")))
+        plan.append(
+            ChildSpec("sink-raw", ("sink", "raw"), metrics_port=port(), metrics_setting=sink)
+        )
+        plan.append(
+            ChildSpec(
+                "sink-windows", ("sink", "windows"), metrics_port=port(), metrics_setting=sink
+            )
+        )
     if simulate:
         plan.append(ChildSpec("simulate", ("simulate",), producer=True, restart_on_success=False))
     return plan

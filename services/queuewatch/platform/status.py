@@ -314,7 +314,36 @@ def _supervisor_status(home: Path, report: StatusReport) -> None:
                 f"{child['name']} is not running ({child.get('last_exit') or 'starting'}, "
                 f"{child.get('restarts', 0)} restarts); read {child.get('log')}"
             )
+    for child in state.get("children", []):
+        port = child.get("metrics_port")
+        if child["running"] and port:
+            child["metrics"] = _key_figures(port)
     report.supervisor = state
+
+
+#: The figures ``status`` shows from each child's metrics endpoint (the same numbers
+#: Prometheus scrapes), by sample name prefix.
+_KEY_FIGURES = (
+    "queuewatch_aggregator_reports_total",
+    "queuewatch_aggregator_crossings",
+    "queuewatch_aggregator_last_commit_age_seconds",
+    "queuewatch_sink_rows_written_total",
+    "queuewatch_sink_dead_letters_total",
+    "queuewatch_sink_write_retries_total",
+    "queuewatch_sink_paused",
+    "queuewatch_sink_last_commit_age_seconds",
+)
+
+
+def _key_figures(port: int) -> dict[str, float] | str:
+    """The key samples of a child's metrics on 127.0.0.1, or why they could not be read."""
+    from queuewatch.platform.metrics import scrape
+
+    try:
+        samples = scrape("127.0.0.1", int(port))
+    except (OSError, ValueError) as exc:
+        return f"metrics not readable on port {port} ({exc})"
+    return {k: v for k, v in samples.items() if k.startswith(_KEY_FIGURES)}
 
 
 def render_text(report: StatusReport) -> str:
@@ -359,13 +388,29 @@ def render_text(report: StatusReport) -> str:
             out.append(
                 f"{mark(ok)} {child['name']} pid {child.get('pid')}, "
                 f"{child.get('restarts', 0)} restarts"
+                + (f", metrics :{child['metrics_port']}" if child.get("metrics_port") else "")
             )
+            figures = child.get("metrics")
+            if isinstance(figures, str):
+                out.append(f"       {figures}")
+            elif figures:
+                out.append("       " + ", ".join(_figure(k, v) for k, v in figures.items()))
     if report.healthy:
         out.append("healthy")
     else:
         out.append("UNHEALTHY:")
         out.extend(f"  - {problem}" for problem in report.problems)
     return "\n".join(out)
+
+
+def _figure(name: str, value: float) -> str:
+    """``queuewatch_sink_rows_written_total{sink="raw"} 12.0`` as ``rows_written raw 12``."""
+    short = name.replace("queuewatch_", "").replace("aggregator_", "").replace("sink_", "")
+    base, _, labels = short.partition("{")
+    label = ",".join(v.split("=", 1)[1].strip('"') for v in labels.rstrip("}").split(",") if v)
+    base = base.removesuffix("_total")
+    shown = f"{value:.0f}" if base != "last_commit_age_seconds" else f"{value:.1f} s"
+    return f"{base}{' ' + label if label else ''} {shown}"
 
 
 def _configured_clickhouse_url(settings: CommonSettings) -> str:

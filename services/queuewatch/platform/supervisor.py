@@ -139,7 +139,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **child.spec.environment()},
                 start_new_session=True,
                 preexec_fn=die_with_parent_hook(),
             )
@@ -195,6 +195,7 @@ class Supervisor:
                     "restarts": c.restarts,
                     "last_exit": c.last_exit,
                     "log": str(c.log_file),
+                    "metrics_port": c.spec.metrics_port,
                 }
                 for c in self.children
             ],

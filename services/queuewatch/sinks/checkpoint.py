@@ -198,6 +198,8 @@ class SinkStats:
     batches: int = 0
     failed_writes: int = 0
     dead_letters: int = 0
+    #: monotonic time of the last commit after a write (metrics: the age of the last commit)
+    last_commit_at: float | None = None
 
 
 class _RowsRefused(Exception):
@@ -275,6 +277,8 @@ class Checkpointer:
         self.lag: int | None = None
         self._lag_at = -LAG_EVERY_S
         self.retrying: str | None = None
+        #: observes each flush's seconds (write, dead letters, commit) when metrics are on
+        self.flush_seconds: Any = None
 
     def revoke(self) -> None:
         """Partitions were taken away: drop the uncommitted batch (it will be read again)."""
@@ -344,6 +348,7 @@ class Checkpointer:
 
     def flush(self, stop: threading.Event) -> bool:
         """Steps 3-5: write the batch, dead-letter, then commit its offsets; False if aborted."""
+        began = self.clock()
         batch, generation = self._batch, self._generation
         if batch.rows and not self._write_batch(batch, generation, stop):
             return False  # step 6: aborted without commit
@@ -362,6 +367,9 @@ class Checkpointer:
                 exc,
             )
         self.stats.batches += 1
+        self.stats.last_commit_at = now = self.clock()
+        if self.flush_seconds is not None:
+            self.flush_seconds.observe(now - began)
         self.stats.rows_written += len(batch.rows) - sum(
             1 for letter in batch.letters if letter.code == CLICKHOUSE_REFUSED
         )

@@ -229,6 +229,7 @@ def run_sinks(
                 timeout_s=query_settings.query_socket_timeout_s,
             )
             log.info("answering `queuewatch query` on %s", query_socket)
+        _serve_metrics(checkpointers, common, settings)
         _tune_gc()
         for cp in checkpointers:
             thread = threading.Thread(
@@ -263,6 +264,28 @@ def run_sinks(
             lock.release()
     if failures:
         raise SinkError(str(failures[0])) from failures[0]
+
+
+def _serve_metrics(
+    checkpointers: list[Checkpointer], common: CommonSettings, settings: SinkSettings
+) -> None:
+    """Prometheus metrics of these sinks on QUEUEWATCH_SINK_METRICS_PORT (0: none)."""
+    if settings.sink_metrics_port <= 0:
+        return
+    from prometheus_client import CollectorRegistry
+
+    from queuewatch.platform import metrics
+
+    registry = CollectorRegistry()
+    registry.register(metrics.SinkCollector(lambda: checkpointers))
+    flush = metrics.batch_histogram(
+        registry,
+        "queuewatch_sink_flush_seconds",
+        "Seconds to write a batch to ClickHouse, send its dead letters and commit its offsets.",
+    )
+    for cp in checkpointers:
+        cp.flush_seconds = flush
+    metrics.serve(registry, common.metrics_address, settings.sink_metrics_port, "sink")
 
 
 def _tune_gc() -> None:
