@@ -199,6 +199,16 @@ class QuerySettings(BaseSettings):
         description="How long the endpoint waits for a request to arrive or an answer to be "
         "read, so a stalled client cannot hold a worker.",
     )
+    query_http_port: int = Field(
+        0,
+        description="Port on 127.0.0.1 where the embedded owner answers ClickHouse's HTTP "
+        "interface (read-only, guarded) for standard clients; 0 turns it off.",
+    )
+    query_http_password_file: Path | None = Field(
+        None,
+        description="File holding the HTTP interface's password (a Docker secret); unset, "
+        "one is generated into QUEUEWATCH_HOME/query-http.password (mode 0600).",
+    )
 
 
 class BrokerSettings(BaseSettings):

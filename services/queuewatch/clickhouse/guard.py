@@ -31,6 +31,7 @@ made. A later TCP interface (issue 14) runs its queries through the same :class:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -138,11 +139,49 @@ class QueryLimits:
         }
 
 
+#: Output formats a client of the HTTP interface may name in a FORMAT clause: text and the
+#: binary ones clickhouse-connect reads. None writes a file or reads a schema from one.
+HTTP_FORMATS = frozenset(
+    {
+        "TabSeparated",
+        "TabSeparatedWithNames",
+        "TabSeparatedWithNamesAndTypes",
+        "TSV",
+        "TSVWithNames",
+        "TSVWithNamesAndTypes",
+        "TSVRaw",
+        "CSV",
+        "CSVWithNames",
+        "CSVWithNamesAndTypes",
+        "JSON",
+        "JSONCompact",
+        "JSONEachRow",
+        "JSONCompactEachRow",
+        "JSONStringsEachRow",
+        "Pretty",
+        "PrettyCompact",
+        "PrettyCompactMonoBlock",
+        "Values",
+        "Native",
+        "RowBinary",
+        "RowBinaryWithNamesAndTypes",
+        "Arrow",
+        "ArrowStream",
+        "Parquet",
+    }
+)
+
+
 @dataclass(frozen=True)
 class CheckedQuery:
-    """A query the guard let through: the text to run is the engine's formatting of it."""
+    """A query the guard let through: the text to run is the engine's formatting of it.
+
+    ``format`` is the output format its FORMAT clause named (HTTP interface only), taken off
+    ``text`` so the caller applies it.
+    """
 
     text: str
+    format: str | None = None
 
 
 class QueryGuard:
@@ -166,14 +205,35 @@ class QueryGuard:
             ).result_rows
         return cls(database, DENIED_FUNCTIONS | frozenset(str(row[0]) for row in rows))
 
-    def check(self, client: Any, sql: str) -> CheckedQuery:
-        """Parse ``sql`` with the engine behind ``client`` and decide; raise QueryRefusedError."""
+    def check(self, client: Any, sql: str, *, allow_format: bool = False) -> CheckedQuery:
+        """Parse ``sql`` with the engine behind ``client`` and decide; raise QueryRefusedError.
+
+        ``allow_format`` (the HTTP interface, whose clients name their format in the query)
+        lets a FORMAT clause of :data:`HTTP_FORMATS` on the outermost query through.
+        """
         statement = sql.strip()
         if not statement:
             raise QueryRefusedError("the query is empty; pass a SELECT")
         ast, text = parse(client, statement)
+        fmt = None
+        if allow_format and "format_ast" in ast:
+            fmt, text = _split_format(ast, text.strip().rstrip(";"))
         decide(ast, self.database, self.denied)
-        return CheckedQuery(text.strip().rstrip(";"))
+        return CheckedQuery(text.strip().rstrip(";"), fmt)
+
+
+def _split_format(ast: dict[str, Any], text: str) -> tuple[str, str]:
+    """The outermost FORMAT's name and ``text`` without it; ``ast`` loses its ``format_ast``."""
+    name = str(ast.pop("format_ast").get("name", ""))
+    if name not in HTTP_FORMATS:
+        raise QueryRefusedError(
+            f"the output format {name} is not allowed here; use one of "
+            f"{', '.join(sorted(HTTP_FORMATS))}"
+        )
+    clause = re.search(rf"\s+FORMAT\s+{re.escape(name)}\s*$", text)
+    if clause is None:  # the engine's own formatting always ends with it; refuse if not
+        raise QueryRefusedError("the FORMAT clause must end the query")
+    return name, text[: clause.start()]
 
 
 def parse(client: Any, sql: str) -> tuple[dict[str, Any], str]:

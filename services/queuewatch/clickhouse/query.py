@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 from queuewatch.clickhouse import embedded
 from queuewatch.clickhouse.client import clickhouse_errors, connect
-from queuewatch.clickhouse.exceptions import ClickHouseError, QueryServerError
-from queuewatch.clickhouse.guard import QueryGuard, QueryLimits
+from queuewatch.clickhouse.exceptions import ClickHouseError, QueryRefusedError, QueryServerError
+from queuewatch.clickhouse.guard import HTTP_FORMATS, QueryGuard, QueryLimits
 from queuewatch.settings import QuerySettings
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,25 @@ class GuardedReader:
             raise self._explained(exc) from exc
         return bytes(body)
 
+    def run_http(self, sql: str, default_format: str) -> tuple[bytes, str]:
+        """Like :meth:`run` for the HTTP interface: the query's own FORMAT, else the default.
+
+        Returns the body and the format it is in.
+        """
+        checked = self.guard.check(self.client, sql, allow_format=True)
+        fmt = checked.format or default_format
+        if fmt not in HTTP_FORMATS:
+            raise QueryRefusedError(
+                f"the output format {fmt} is not allowed here; use one of "
+                f"{', '.join(sorted(HTTP_FORMATS))}"
+            )
+        try:
+            with clickhouse_errors("running the query"):
+                body = self.client.raw_query(checked.text, fmt=fmt)
+        except ClickHouseError as exc:
+            raise self._explained(exc) from exc
+        return bytes(body), fmt
+
     def close(self) -> None:
         """Close the client (its engine handle)."""
         self.client.close()
@@ -169,6 +188,24 @@ class QueryService:
             return reader.run(sql, output)  # type: ignore[arg-type]  # checked above
         finally:
             self._idle.put(reader)
+
+    def run_http(self, sql: str, default_format: str) -> tuple[bytes, str]:
+        """One guarded query of the HTTP interface on a free reader (body, format)."""
+        reader = self._take()
+        try:
+            return reader.run_http(sql, default_format)
+        finally:
+            self._idle.put(reader)
+
+    def _take(self) -> GuardedReader:
+        try:
+            return self._idle.get(timeout=self._wait_s)
+        except queue.Empty:
+            raise QueryServerError(
+                f"{len(self._readers)} queries are already running on the embedded ClickHouse "
+                f"and none ended within {self._wait_s:g} s; retry later, or raise "
+                "QUEUEWATCH_QUERY_CONCURRENCY"
+            ) from None
 
     def close(self) -> None:
         """Close every reader (best effort: the process is stopping)."""

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from queuewatch.clickhouse import embedded
 from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors, connect, redact
 from queuewatch.clickhouse.endpoint import socket_path
+from queuewatch.clickhouse.http_endpoint import ClickHouseHttpEndpoint, load_password
 from queuewatch.clickhouse.migrations import migrate
 from queuewatch.clickhouse.query import QueryService
 from queuewatch.errors import ConfigurationError
@@ -190,6 +191,7 @@ def run_sinks(
     clients: list[Any] = []
     producers: list[KafkaDeadLetters] = []
     service: QueryService | None = None
+    http: ClickHouseHttpEndpoint | None = None
     threads: list[threading.Thread] = []
     failures: list[BaseException] = []
     try:
@@ -229,6 +231,7 @@ def run_sinks(
                 timeout_s=query_settings.query_socket_timeout_s,
             )
             log.info("answering `queuewatch query` on %s", query_socket)
+            http = _serve_http(service, common, query_settings)
         _serve_metrics(checkpointers, common, settings)
         _tune_gc()
         for cp in checkpointers:
@@ -248,6 +251,8 @@ def run_sinks(
             thread.join()
         if lock is not None:
             lock.stop_serving()
+        if http is not None:
+            http.stop()
         if service is not None:
             service.close()
         for producer in producers:
@@ -424,3 +429,27 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def _serve_http(
+    service: QueryService, common: CommonSettings, settings: QuerySettings
+) -> ClickHouseHttpEndpoint | None:
+    """Answer ClickHouse's HTTP interface on 127.0.0.1 when QUEUEWATCH_QUERY_HTTP_PORT is set."""
+    if not settings.query_http_port:
+        return None
+    served = ClickHouseHttpEndpoint(
+        settings.query_http_port,
+        service.run_http,
+        load_password(common.home, settings.query_http_password_file),
+        workers=settings.query_concurrency,
+        request_max_bytes=settings.query_request_max_bytes,
+        timeout_s=settings.query_socket_timeout_s,
+    )
+    served.start()
+    log.info(
+        "answering ClickHouse's HTTP interface (read-only) on 127.0.0.1:%d, user default, "
+        "password in %s",
+        served.port,
+        settings.query_http_password_file or common.home / "query-http.password",
+    )
+    return served
