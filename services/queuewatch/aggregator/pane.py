@@ -139,9 +139,10 @@ class Pane:
         vehicles: int | None,
         length_km: float | None,
         status: str,
-        source_type: str = "crowd",
+        source_type: str | None = "crowd",
     ) -> None:
-        """Count one accepted report (``source_type`` defaults as the contract's reader does).
+        """Count one accepted report (``source_type`` defaults as the contract's reader does;
+        None keeps no reading: the pane's family gets no consensus).
 
         Runs once per report and window family, so the ``last`` updates are written out:
         ``last < order`` is :func:`_later`'s rule, since a ``Last`` compares with the shorter
@@ -187,7 +188,10 @@ class Pane:
             last = self.status_last
             if last is None or last < order:
                 self.status_last = (observed_at, seq, status)
-        add_reading(self.readings, source, source_type, observed_at, seq, wait, vehicles, length_km)
+        if source_type is not None:
+            add_reading(
+                self.readings, source, source_type, observed_at, seq, wait, vehicles, length_km
+            )
 
     def merge(self, other: Pane) -> None:
         """Fold another pane in (commutative and associative)."""

@@ -97,10 +97,15 @@ class AggregationConfig:
     layout: tuple[tuple[WindowFamily, int], ...] = field(init=False, repr=False, compare=False)
     #: the largest window size
     largest: int = field(init=False, repr=False, compare=False)
+    #: per family, whether its windows get a consensus (its panes keep source readings)
+    judged: tuple[bool, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layout", tuple((f, f.pane) for f in self.families))
         object.__setattr__(self, "largest", max(f.size for f in self.families))
+        object.__setattr__(
+            self, "judged", tuple(f.size <= self.consensus_max_size for f in self.families)
+        )
 
     @classmethod
     def from_spec(
@@ -252,7 +257,12 @@ class CrossingState:
             pane = fstate.panes.get(p)
             if pane is None:
                 pane = fstate.panes[p] = Pane()
-            pane.add(seq, t, source, wait, vehicles, length, status, source_type)
+            # Readings only where a consensus is computed: the 24 h panes would keep them for
+            # nothing, once per report.
+            pane.add(
+                seq, t, source, wait, vehicles, length, status,
+                source_type if self.config.judged[index] else None,
+            )  # fmt: skip
             fstate.dirty.setdefault(p, wm0)
             mask |= 1 << index
         self.counters.accepted += 1
@@ -404,7 +414,7 @@ class CrossingState:
         panes = self.lanes[lane_key][index].panes
         rows = []
         rules = self.config.consensus
-        judged = fam.size <= self.config.consensus_max_size
+        judged = self.config.judged[index]
         for start, metrics, version in sliding_metrics(panes, starts, fam.size, fam.pane):
             row: dict[str, Any] = {
                 "crossing_id": self.crossing_id,

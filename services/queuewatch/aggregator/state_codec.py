@@ -402,7 +402,10 @@ def rebuild(
             pane = fs.panes.get(p)
             if pane is None:
                 pane = fs.panes[p] = Pane()
-            pane.add(cseq, t, source, wait, vehicles, length, status, source_type)
+            pane.add(
+                cseq, t, source, wait, vehicles, length, status,
+                source_type if config.judged[index] else None,
+            )  # fmt: skip
     for lane_key, marks in obj["dirty"]:
         key = (lane_key[0], lane_key[1], lane_key[2])
         lane = lanes.get(key)
