@@ -211,6 +211,38 @@ class QuerySettings(BaseSettings):
     )
 
 
+class DashboardSettings(BaseSettings):
+    """`queuewatch dashboard`: the live page for people who would rather look than write SQL."""
+
+    model_config = _ENV
+
+    dashboard_address: str = Field(
+        "127.0.0.1",
+        description="Address the dashboard listens on; loopback, so only this machine sees it "
+        "(compose sets 0.0.0.0 inside its container).",
+    )
+    dashboard_port: int = Field(
+        8765,
+        description="Port of the dashboard, which `queuewatch up` starts; 0 keeps `up` from "
+        "starting it.",
+    )
+    dashboard_refresh_s: float = Field(
+        15.0,
+        description="How often the page reloads its figures; reports arrive every few minutes "
+        "per lane, so faster only costs queries.",
+    )
+    dashboard_health_interval_s: float = Field(
+        15.0,
+        description="How often the dashboard asks Kafka and ClickHouse for the pipeline's "
+        "health (what `queuewatch status` shows); pages read the last answer.",
+    )
+    dashboard_concurrency: int = Field(
+        8,
+        description="Requests the dashboard serves at once; more are answered 503 at once, "
+        "so a flood of page loads cannot queue queries without bound.",
+    )
+
+
 class BrokerSettings(BaseSettings):
     """The local Apache Kafka broker that `queuewatch up` starts when none answers."""
 

@@ -13,15 +13,12 @@ whose feed went silent a day ago.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from queuewatch.contract.codec import encode
-from queuewatch.contract.schemas import QUEUE_REPORT, default_registry
 from queuewatch.settings import CommonSettings
 from tests.integration.test_aggregator_harness import AggregatorProcess
 from tests.integration.test_sinks_harness import (
@@ -30,6 +27,7 @@ from tests.integration.test_sinks_harness import (
     new_env,
     publish,
     query_rows,
+    report_message,
     wait_until,
 )
 
@@ -45,26 +43,7 @@ TWENTY_MILES_KM = 32.2
 def report(
     crossing: str, to: str, at: int, kind: str, name: str, **values: Any
 ) -> tuple[bytes, bytes]:
-    record: dict[str, Any] = {
-        "event_id": str(uuid.uuid4()),
-        "crossing_id": crossing,
-        "from_country": "RU",
-        "to_country": to,
-        "traffic_class": "car",
-        "observed_at": at,
-        "source": {"type": kind, "name": name, "url": None},
-        "wait_minutes": None,
-        "queue_vehicles": None,
-        "queue_persons": None,
-        "queue_length_km": None,
-        "throughput_per_hour": None,
-        "lanes_open": None,
-        "status": "delay",
-        "location": None,
-        "note": None,
-    }
-    record.update(values)
-    return crossing.encode(), encode(record, default_registry().latest(QUEUE_REPORT))
+    return report_message(crossing, "RU", to, at, kind, name, **values)
 
 
 @dataclass

@@ -181,7 +181,6 @@ def make_monthly_backfill(months: int, per_month: int, seed: int) -> Backfill:
     ClickHouse partition of queue_reports (``toYYYYMM(observed_at)``).
     """
     rng = random.Random(seed)
-    schema = default_registry().latest(QUEUE_REPORT)
     crossing, frm, to = CROSSINGS[0]
     now = datetime.now(UTC)
     messages: list[tuple[bytes, bytes]] = []
@@ -193,27 +192,49 @@ def make_monthly_backfill(months: int, per_month: int, seed: int) -> Backfill:
             observed = first + timedelta(days=n * 6, hours=rng.randint(0, 23))
             observed = min(observed, now - timedelta(minutes=1))
             wait = rng.randint(0, 3000)
-            record: dict[str, Any] = {
-                "event_id": f"backfill-{seed}-{year:04d}{month + 1:02d}-{n}",
-                "crossing_id": crossing,
-                "from_country": frm,
-                "to_country": to,
-                "traffic_class": "car",
-                "observed_at": int(observed.timestamp() * 1000),
-                "source": {"type": "official_feed", "name": "archive", "url": None},
-                "wait_minutes": wait,
-                "queue_vehicles": None,
-                "queue_persons": None,
-                "queue_length_km": None,
-                "throughput_per_hour": None,
-                "lanes_open": None,
-                "status": "delay",
-                "location": None,
-                "note": None,
-            }
-            messages.append((crossing.encode(), encode(record, schema)))
-            expected[(crossing, record["event_id"])] = wait
+            event_id = f"backfill-{seed}-{year:04d}{month + 1:02d}-{n}"
+            at = int(observed.timestamp() * 1000)
+            messages.append(
+                report_message(
+                    crossing, frm, to, at, "official_feed", "archive",
+                    event_id=event_id, wait_minutes=wait,
+                )
+            )  # fmt: skip
+            expected[(crossing, event_id)] = wait
     return Backfill(messages, expected, crossing)
+
+
+def report_message(
+    crossing: str,
+    frm: str,
+    to: str,
+    at: int,
+    kind: str,
+    name: str,
+    traffic_class: str = "car",
+    **values: Any,
+) -> tuple[bytes, bytes]:
+    """One valid report as the key and Avro value a producer sends; unset measurements null."""
+    record: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "crossing_id": crossing,
+        "from_country": frm,
+        "to_country": to,
+        "traffic_class": traffic_class,
+        "observed_at": at,
+        "source": {"type": kind, "name": name, "url": None},
+        "wait_minutes": None,
+        "queue_vehicles": None,
+        "queue_persons": None,
+        "queue_length_km": None,
+        "throughput_per_hour": None,
+        "lanes_open": None,
+        "status": "delay",
+        "location": None,
+        "note": None,
+    }
+    record.update(values)
+    return crossing.encode(), encode(record, default_registry().latest(QUEUE_REPORT))
 
 
 def make_windows(

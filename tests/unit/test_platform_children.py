@@ -49,3 +49,12 @@ def test_command_exists_knows_registered_commands_and_rejects_unknown_ones() -> 
 def test_words_after_a_plain_command_are_its_arguments() -> None:
     # `settings` takes options only, yet a plain command ends the lookup: the rest is argv.
     assert command_exists(("settings", "--markdown"))
+
+
+def test_the_dashboard_runs_when_asked_and_is_no_producer() -> None:
+    plan = process_plan(
+        CommonSettings(clickhouse_url="chdb:///tmp/x"), simulate=True, dashboard=True
+    )
+    assert [spec.name for spec in plan] == ["aggregator", "sink-all", "dashboard", "simulate"]
+    dashboard = next(s for s in plan if s.name == "dashboard")
+    assert dashboard.args == ("dashboard",) and not dashboard.producer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from queuewatch.cli import (  # noqa: F401  (registers)
     clickhouse,
+    dashboard,
     operations,
     platform,
     processors,

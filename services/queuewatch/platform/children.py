@@ -48,11 +48,14 @@ class ChildSpec:
         return [python, "-m", "queuewatch", *self.args]
 
 
-def process_plan(settings: CommonSettings, simulate: bool, metrics: bool = True) -> list[ChildSpec]:
+def process_plan(
+    settings: CommonSettings, simulate: bool, metrics: bool = True, dashboard: bool = False
+) -> list[ChildSpec]:
     """The children of ``queuewatch up`` for these settings, in start order.
 
     With ``metrics``, each processor gets a free port on 127.0.0.1 for its Prometheus
-    endpoint, kept across its restarts.
+    endpoint, kept across its restarts. With ``dashboard``, ``queuewatch dashboard`` runs
+    too, on its own port setting.
     """
     from queuewatch.platform.broker import free_port
 
@@ -75,6 +78,8 @@ def process_plan(settings: CommonSettings, simulate: bool, metrics: bool = True)
                 "sink-windows", ("sink", "windows"), metrics_port=port(), metrics_setting=sink
             )
         )
+    if dashboard:
+        plan.append(ChildSpec("dashboard", ("dashboard",)))
     if simulate:
         plan.append(ChildSpec("simulate", ("simulate",), producer=True, restart_on_success=False))
     return plan

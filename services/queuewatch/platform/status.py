@@ -61,6 +61,9 @@ class StatusReport:
     clickhouse_reachable: bool = False
     clickhouse_error: str | None = None
     row_counts: dict[str, int] = field(default_factory=dict)
+    #: Messages on the dead-letter topic (None when it could not be read).
+    dead_letters: int | None = None
+    dlq_topic: str = ""
     supervisor: dict[str, Any] | None = None
     processors: list[HeartbeatRecord] = field(default_factory=list)
     stalled: list[str] = field(default_factory=list)
@@ -109,6 +112,7 @@ def collect(settings: CommonSettings, query_timeout_s: float = 60.0) -> StatusRe
     report = StatusReport(
         kafka_bootstrap=settings.kafka_bootstrap,
         clickhouse_url=_redact(_configured_clickhouse_url(settings)),
+        dlq_topic=settings.dlq_topic,
     )
     with quiet_kafka_client_logs():  # failures end up in the report, worded for a person
         _kafka_status(settings, report)
@@ -218,11 +222,18 @@ def _kafka_groups_status(
                 report.problems.append(f"topic {name} is missing (`queuewatch topics` creates it)")
 
         wanted = [(g, t) for g, t in consumer_groups(settings) if t in partitions]
-        tps = [TopicPartition(t, p) for t in {t for _, t in wanted} for p in partitions[t]]
+        read = {t for _, t in wanted} | ({settings.dlq_topic} & set(partitions))
+        tps = [TopicPartition(t, p) for t in read for p in partitions[t]]
         ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps}) if tps else {}
         starts = (
             admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps}) if tps else {}
         )
+        if settings.dlq_topic in partitions:
+            report.dead_letters = sum(
+                max(0, o.offset - starts[tp].offset)
+                for tp, o in ends.items()
+                if tp.topic == settings.dlq_topic
+            )
         groups = [g for g, _ in wanted]
         described = _retrying(lambda: admin.describe_groups(groups)) if groups else {}
         offsets = _retrying(lambda: admin.list_group_offsets(groups)) if groups else {}
@@ -360,6 +371,11 @@ def render_text(report: StatusReport) -> str:
         out.append(
             f"{mark(parts is not None)} topic {name}"
             + (f" ({parts} partitions)" if parts is not None else " missing")
+            + (
+                f", {report.dead_letters} dead letters"
+                if name == report.dlq_topic and report.dead_letters is not None
+                else ""
+            )
         )
     now = time.time()
     for g in report.groups:

@@ -51,7 +51,13 @@ from queuewatch.platform.preflight import bootstrap_is_local, check_remote_kafka
 from queuewatch.platform.processes import SUPERVISOR_PID_ENV, describe_exit
 from queuewatch.platform.supervisor import Supervisor
 from queuewatch.resources import REPO_ROOT
-from queuewatch.settings import BrokerSettings, CommonSettings, SupervisorSettings, redact_url
+from queuewatch.settings import (
+    BrokerSettings,
+    CommonSettings,
+    DashboardSettings,
+    SupervisorSettings,
+    redact_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,7 @@ class UpRun:
     broker: LocalBroker | None = None
     supervisor: Supervisor | None = None
     skipped: list[str] = field(default_factory=list)
+    dashboard_url: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     # -- entry point --------------------------------------------------------------------
@@ -145,7 +152,7 @@ class UpRun:
 
     def _plan(self) -> list[ChildSpec]:
         plan = []
-        for spec in process_plan(self.settings, self.simulate):
+        for spec in process_plan(self.settings, self.simulate, dashboard=self._dashboard()):
             if command_exists(spec.args):
                 plan.append(spec)
             else:
@@ -157,6 +164,27 @@ class UpRun:
                     " ".join(spec.args),
                 )
         return plan
+
+    def _dashboard(self) -> bool:
+        """Whether to start the dashboard: on unless its port is 0 or already taken.
+
+        A taken port would make the child crash and restart for ever, and the pipeline
+        matters more than its page, so `up` says why and goes on without it.
+        """
+        settings = DashboardSettings()
+        if settings.dashboard_port <= 0:
+            return False
+        if port_open(settings.dashboard_address, settings.dashboard_port):
+            self.skipped.append("dashboard")
+            log.warning(
+                "not starting the dashboard: %s:%d is taken; set QUEUEWATCH_DASHBOARD_PORT to "
+                "a free port (0 turns it off)",
+                settings.dashboard_address,
+                settings.dashboard_port,
+            )
+            return False
+        self.dashboard_url = f"http://{settings.dashboard_address}:{settings.dashboard_port}/"
+        return True
 
     def _kafka(self, home: Path) -> None:
         from queuewatch.kafka.security import KafkaSecurity
@@ -391,13 +419,14 @@ class UpRun:
             f"  ClickHouse  {ch}",
             f"  processes   {children or 'none'}",
             f"  logs        {home / 'logs'}/<process>.log",
+            *([f"  dashboard   {self.dashboard_url}"] if self.dashboard_url else []),
             "  health      queuewatch status",
             f'  query       queuewatch query "SELECT * FROM {s.clickhouse_database}.'
             'crossing_status LIMIT 10"',
             "  stop        Ctrl-C (stops every process and the broker started here)",
         ]
         if self.skipped:
-            lines.append(f"  not started {', '.join(self.skipped)} (command not installed)")
+            lines.append(f"  not started {', '.join(self.skipped)} (see the warnings above)")
         self.echo("\n".join(lines))
         sys.stdout.flush()
 
