@@ -179,7 +179,13 @@ def replay(
 
 
 def aggregator_starter(
-    bootstrap: str, topics: Topics, group: str, home: Path, log_dir: Path, python: str
+    bootstrap: str,
+    topics: Topics,
+    group: str,
+    home: Path,
+    log_dir: Path,
+    python: str,
+    extra_env: dict[str, str] | None = None,
 ) -> Callable[[], processes.Child]:
     """Starts `queuewatch aggregator` (1 worker) configured for this replay's topics."""
     env = {
@@ -190,6 +196,7 @@ def aggregator_starter(
         "QUEUEWATCH_WINDOWS_TOPIC": topics.windows,
         "QUEUEWATCH_AGGREGATOR_GROUP": group,
         "QUEUEWATCH_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
     }
     argv = [python, "-m", "queuewatch", "aggregator"]
     return lambda: processes.start(f"aggregator-{group}", argv, env, log_dir)

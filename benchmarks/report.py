@@ -141,6 +141,15 @@ def summary(result: dict[str, Any], result_path: str) -> str:
             f"| end to end | highest offered rate sustained | "
             f"{_fmt(e2e['highest_sustained_per_s'])} reports/s |"
         )
+    cost = sc.get("metrics_cost")
+    if _ok(cost):
+        assert cost is not None
+        lines.append(
+            f"| metrics cost (dense replay, scraped every 1 s) | aggregator events/s off / on | "
+            f"{_fmt(cost['off']['median']['events_per_s'])} / "
+            f"{_fmt(cost['on']['median']['events_per_s'])} "
+            f"({cost['cost_share'] * 100:.1f} % less) |"
+        )
     query = sc.get("query")
     if _ok(query):
         assert query is not None
@@ -150,6 +159,22 @@ def summary(result: dict[str, Any], result_path: str) -> str:
                 f"{query['crossing_windows_rows']:,} window rows) | {name} "
                 f"({q['rows_returned']} rows) | p50 {_fmt(q['p50_s'] * 1000)} ms "
                 f"(min {_fmt(q['min_s'] * 1000)}, max {_fmt(q['max_s'] * 1000)}) |"
+            )
+        dash = query.get("dashboard") or {}
+        for name in ("api_crossings", "api_lane", "browser"):
+            q = dash.get(name)
+            if not q or "p50_s" not in q:
+                continue
+            what = {
+                "api_crossings": f"dashboard data, every lane ({dash.get('lanes')} lanes)",
+                "api_lane": "dashboard data, one lane's detail",
+                "browser": "dashboard page in headless Chromium, start to rendered "
+                f"(Chromium's own start {_fmt(q.get('chromium_start_s', 0) * 1000)} ms)",
+            }[name]
+            lines.append(
+                f"| query ({query['queue_reports_rows']:,} raw reports) | {what} | "
+                f"p50 {_fmt(q['p50_s'] * 1000)} ms (min {_fmt(q['min_s'] * 1000)}, "
+                f"max {_fmt(q['max_s'] * 1000)}) |"
             )
     failed = [k for k, v in sc.items() if v.get("status") == "failed"]
     if failed:

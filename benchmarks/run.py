@@ -49,6 +49,7 @@ def scenarios() -> dict[str, Callable[[Context], dict[str, Any]]]:
         "limit": scenario_limit.limit,
         "aggregator": scenario_processors.aggregator,
         "aggregator_dense": scenario_processors.aggregator_dense,
+        "metrics_cost": scenario_processors.metrics_cost,
         "peer": scenario_processors.peer,
         "sink": scenario_sink.sink,
         "end_to_end": scenario_end_to_end.end_to_end,

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from typing import Any
 
 from benchmarks import peer_env
@@ -38,16 +39,23 @@ def topic_bytes(ctx: Context, topic: str) -> int:
 
 
 def _aggregator_replay(
-    ctx: Context, messages: list[tuple[bytes, bytes]], probe_at: int, keep: bool
+    ctx: Context,
+    messages: list[tuple[bytes, bytes]],
+    probe_at: int,
+    keep: bool,
+    extra_env: dict[str, str] | None = None,
 ) -> Replay:
     topics, group = run_ids("agg")
     home = ctx.work / f"home-{group}"
+    start = aggregator_starter(
+        ctx.bootstrap, topics, group, home, ctx.log_dir, ctx.python, extra_env
+    )
     result = replay(
         name="queuewatch aggregator",
         bootstrap=ctx.bootstrap,
         topics=topics,
         group=group,
-        start=aggregator_starter(ctx.bootstrap, topics, group, home, ctx.log_dir, ctx.python),
+        start=start,
         messages=messages,
         probe=probe_message(probe_at),
         output_topic=topics.windows,
@@ -114,6 +122,69 @@ def _aggregator_scenario(ctx: Context, spec: DatasetSpec, shape: str) -> dict[st
     if limit:
         out["ratio_to_limit"] = round(out["median"]["events_per_s"] / limit, 5)
     return out
+
+
+def metrics_cost(ctx: Context) -> dict[str, Any]:
+    """The dense replay with the aggregator's Prometheus endpoint off and on, runs interleaved.
+
+    On, a thread scrapes it every second for the whole replay, five times as often as a 5 s
+    Prometheus interval, so the figure is an upper bound of what monitoring costs.
+    """
+    from queuewatch.platform.broker import free_port
+
+    plan = ctx.plan
+    spec = DatasetSpec(plan.dense_reports, plan.dense_crossings, plan.dense_span_hours)
+    ds = dataset(spec)
+    messages = ds.load()
+    off: list[dict[str, Any]] = []
+    on: list[dict[str, Any]] = []
+    scrapes = 0
+    for _ in range(plan.runs):
+        off.append(_aggregator_replay(ctx, messages, ds.start_ms, keep=False).figures())
+        port = free_port()
+        scraper = _Scraper(port)
+        scraper.start()
+        env = {"QUEUEWATCH_AGGREGATOR_METRICS_PORT": str(port)}
+        try:
+            result = _aggregator_replay(ctx, messages, ds.start_ms, keep=False, extra_env=env)
+        finally:
+            scraper.stop()
+        scrapes += scraper.done
+        on.append(result.figures())
+    median_off = median_of_runs(off)
+    median_on = median_of_runs(on)
+    return {
+        "what": "queuewatch aggregator on the dense replay, metrics endpoint off and on "
+        "(scraped every second), runs interleaved",
+        "dataset": {"reports": len(messages), "crossings": spec.crossings},
+        "off": {"runs": off, "median": median_off},
+        "on": {"runs": on, "median": median_on, "scrapes": scrapes},
+        "cost_share": round(1 - median_on["events_per_s"] / median_off["events_per_s"], 4),
+    }
+
+
+class _Scraper(threading.Thread):
+    """Scrapes a metrics endpoint every second, as a (too eager) Prometheus would."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.done = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from queuewatch.platform.metrics import scrape
+
+        while not self._stop_event.wait(1.0):
+            try:
+                scrape("127.0.0.1", self.port, timeout_s=2.0)
+                self.done += 1
+            except OSError:
+                pass  # not listening yet, or already stopped
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
 
 
 def peer(ctx: Context) -> dict[str, Any]:

@@ -14,6 +14,8 @@ into Python (clickhouse-connect, as a consumer would):
 * ``one_crossing_24h_windows``: one crossing's last 24 hours from the 1 h windows;
 * ``one_crossing_24h_reports``: every report of one crossing in the last 24 hours.
 
+The dashboard's load time is measured on the same store (``benchmarks/dashboard_load.py``).
+
 The rows arrive in one insert per table, so each month partition holds few parts; a live
 store has more parts until merges catch up, which makes FINAL somewhat slower.
 """
@@ -24,6 +26,7 @@ import time
 from typing import Any
 
 from benchmarks.context import Context
+from benchmarks.dashboard_load import dashboard_load
 from benchmarks.stats import percentile
 from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
 from queuewatch.sinks.windows import window_columns
@@ -161,6 +164,7 @@ def query(ctx: Context) -> dict[str, Any]:
                 "max_s": round(max(seconds), 4),
                 "repeats": len(seconds),
             }
+        dashboard = dashboard_load(url, db, plan.query_repeats)
     finally:
         client.close()
     return {
@@ -172,5 +176,6 @@ def query(ctx: Context) -> dict[str, Any]:
         "insert_rows_per_s": round(reports / insert_reports_s, 1),
         "insert_windows_rows_per_s": round(window_rows / insert_windows_s, 1),
         "queries": timings,
+        "dashboard": dashboard,
         "sql": {k: v.format(db=db) for k, v in queries.items()},
     }

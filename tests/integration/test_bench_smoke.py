@@ -19,7 +19,10 @@ from queuewatch.resources import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = ["limit", "aggregator", "aggregator_dense", "peer", "sink", "end_to_end", "query"]
+SCENARIOS = [
+    *("limit", "aggregator", "aggregator_dense", "metrics_cost", "peer", "sink", "end_to_end"),
+    "query",
+]
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +103,24 @@ def test_smoke_end_to_end_makes_every_report_visible_in_both_tables(
     assert run["crossing_windows"]["visible"] == run["published"]
 
 
+def test_smoke_metrics_cost_replays_the_dense_log_with_metrics_off_and_on(
+    smoke_result: dict[str, Any],
+) -> None:
+    cost = smoke_result["scenarios"]["metrics_cost"]
+    assert cost["off"]["median"]["events_per_s"] > 0
+    assert cost["on"]["median"]["events_per_s"] > 0
+    assert len(cost["off"]["runs"]) == len(cost["on"]["runs"]) >= 1
+
+
 def test_smoke_query_and_sink_scenarios_count_their_rows(smoke_result: dict[str, Any]) -> None:
     plan = smoke_result["plan"]
     query = smoke_result["scenarios"]["query"]
     assert query["queue_reports_rows"] == plan["query_reports"]
     assert query["queries"]["crossing_status"]["rows_returned"] == 2 * plan["query_crossings"]
+    # The dashboard's data on the same store: every lane, each with its 24 h line.
+    assert query["dashboard"]["lanes"] == 2 * plan["query_crossings"]
+    assert query["dashboard"]["sparkline_points"] > 0
+    assert query["dashboard"]["detail_reports"] > 0
     sink = smoke_result["scenarios"]["sink"]
     assert sink["raw"]["runs"][0]["rows"] == plan["sink_reports"]
     assert sink["windows"]["runs"][0]["rows"] == plan["sink_windows"]
