@@ -165,6 +165,14 @@ class GroupWatcher:
             return ""
         return str(info.get("group_state", info.get("state", "")))
 
+    def members(self) -> int:
+        """Members of the group now (0 while the coordinator does not answer)."""
+        try:
+            info = self.admin.describe_groups([self.group]).get(self.group) or {}
+        except KafkaError:
+            return 0
+        return len(info.get("members") or [])
+
     def lag(self) -> int | None:
         """Messages not committed yet by the group; None before its first commit."""
         try:

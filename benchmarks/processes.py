@@ -77,6 +77,15 @@ class Child:
         """True while the process runs."""
         return self.process.poll() is None
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far (Linux /proc; 0 once gone)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
     def check_alive(self) -> None:
         """Raise with the tail of the log when the process has died."""
         if not self.alive():

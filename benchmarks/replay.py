@@ -104,6 +104,7 @@ def replay(
     timeout_s: float = 1800.0,
     ready_timeout_s: float = 240.0,
     hold_while_publishing: bool = False,
+    workers: int = 1,
 ) -> Replay:
     """Run the protocol of this module's docstring; stop the processor before returning.
 
@@ -111,6 +112,9 @@ def replay(
     published and starts the clock when it thaws (SIGCONT): it then drains a topic that
     holds them all, so its own rate is measured, not the harness's publishing rate (about
     36k messages/s here, on the same two cores). Its session outlives the pause.
+
+    ``workers`` starts that many processes in the one consumer group; the clock starts once
+    all are members of a stable group, so the rebalance is start-up, not processing.
     """
     create_topics(bootstrap, topics.as_roles())
     collector = (
@@ -119,13 +123,17 @@ def replay(
         else None
     )
     source = input_topic or topics.reports
-    child = start()
+    children = [start() for _ in range(workers)]
+    child = children[0]
     watcher = GroupWatcher(bootstrap, group, source)
     try:
         produce(bootstrap, source, [probe])
         deadline = time.monotonic() + ready_timeout_s
-        while watcher.lag() != 0:
-            child.check_alive()
+        while watcher.lag() != 0 or (
+            workers > 1 and (watcher.members() < workers or watcher.state() != "Stable")
+        ):
+            for one in children:
+                one.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"{name} did not commit the probe report within {ready_timeout_s:.0f} s; "
@@ -145,9 +153,11 @@ def replay(
         else:
             t0 = time.time()
             produce(bootstrap, source, messages)
+        cpu_at_t0 = sum(one.cpu_seconds() for one in children)
         deadline = time.monotonic() + timeout_s
         while True:
-            child.check_alive()
+            for one in children:
+                one.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} did not finish within {timeout_s:.0f} s")
             lag = watcher.lag()
@@ -160,9 +170,11 @@ def replay(
                     end = last
                     break
             time.sleep(0.25)
+        cpu_s = sum(one.cpu_seconds() for one in children) - cpu_at_t0
     finally:
         watcher.close()
-        child.stop()
+        for one in children:
+            one.stop()
         if collector is not None:
             collector.stop()
     seconds = max(end - t0, 1e-6)
@@ -172,9 +184,10 @@ def replay(
         seconds=seconds,
         events_per_s=len(messages) / seconds,
         rss_ready_mib=rss_ready / 2**20,
-        peak_rss_mib=child.peak_rss / 2**20,
+        peak_rss_mib=sum(one.peak_rss for one in children) / 2**20,
         output_messages=collector.messages if collector else 0,
         windows=dict(collector.windows) if collector else {},
+        extra={"workers": workers, "cpu_us_per_report": round(cpu_s / len(messages) * 1e6, 1)},
     )
 
 
@@ -187,19 +200,30 @@ def aggregator_starter(
     python: str,
     extra_env: dict[str, str] | None = None,
 ) -> Callable[[], processes.Child]:
-    """Starts `queuewatch aggregator` (1 worker) configured for this replay's topics."""
-    env = {
-        "QUEUEWATCH_HOME": str(home),
-        "QUEUEWATCH_KAFKA_BOOTSTRAP": bootstrap,
-        "QUEUEWATCH_REPORTS_TOPIC": topics.reports,
-        "QUEUEWATCH_DLQ_TOPIC": topics.dlq,
-        "QUEUEWATCH_WINDOWS_TOPIC": topics.windows,
-        "QUEUEWATCH_AGGREGATOR_GROUP": group,
-        "QUEUEWATCH_LOG_LEVEL": "WARNING",
-        **(extra_env or {}),
-    }
-    argv = [python, "-m", "queuewatch", "aggregator"]
-    return lambda: processes.start(f"aggregator-{group}", argv, env, log_dir)
+    """Starts `queuewatch aggregator` configured for this replay's topics, one per call.
+
+    Each call is one more worker of the same group, with a home (heartbeats, faust's data
+    folder) of its own, as separate machines would have.
+    """
+    started = [0]
+
+    def start() -> processes.Child:
+        started[0] += 1
+        worker_home = home if started[0] == 1 else home.with_name(f"{home.name}-{started[0]}")
+        env = {
+            "QUEUEWATCH_HOME": str(worker_home),
+            "QUEUEWATCH_KAFKA_BOOTSTRAP": bootstrap,
+            "QUEUEWATCH_REPORTS_TOPIC": topics.reports,
+            "QUEUEWATCH_DLQ_TOPIC": topics.dlq,
+            "QUEUEWATCH_WINDOWS_TOPIC": topics.windows,
+            "QUEUEWATCH_AGGREGATOR_GROUP": group,
+            "QUEUEWATCH_LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
+        }
+        argv = [python, "-m", "queuewatch", "aggregator"]
+        return processes.start(f"aggregator-{group}-{started[0]}", argv, env, log_dir)
+
+    return start
 
 
 def peer_starter(

@@ -141,6 +141,19 @@ def summary(result: dict[str, Any], result_path: str) -> str:
             f"| end to end | highest offered rate sustained | "
             f"{_fmt(e2e['highest_sustained_per_s'])} reports/s |"
         )
+    scale = sc.get("scale_out")
+    if _ok(scale):
+        assert scale is not None
+        for shape in ("sparse", "dense"):
+            part = scale[shape]
+            one, two = part["workers_1"]["median"], part["workers_2"]["median"]
+            lines.append(
+                f"| scale-out, {shape} ({part['reports']:,} reports, {part['crossings']:,} "
+                f"crossings) | 1 / 2 workers, events/s; CPU per report | "
+                f"{_fmt(one['events_per_s'])} / {_fmt(two['events_per_s'])} "
+                f"({part['speedup']}x); {_fmt(one.get('cpu_us_per_report'))} / "
+                f"{_fmt(two.get('cpu_us_per_report'))} µs |"
+            )
     cost = sc.get("metrics_cost")
     if _ok(cost):
         assert cost is not None

@@ -50,6 +50,7 @@ def scenarios() -> dict[str, Callable[[Context], dict[str, Any]]]:
         "aggregator": scenario_processors.aggregator,
         "aggregator_dense": scenario_processors.aggregator_dense,
         "metrics_cost": scenario_processors.metrics_cost,
+        "scale_out": scenario_processors.scale_out,
         "peer": scenario_processors.peer,
         "sink": scenario_sink.sink,
         "end_to_end": scenario_end_to_end.end_to_end,

@@ -44,6 +44,7 @@ def _aggregator_replay(
     probe_at: int,
     keep: bool,
     extra_env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> Replay:
     topics, group = run_ids("agg")
     home = ctx.work / f"home-{group}"
@@ -60,6 +61,7 @@ def _aggregator_replay(
         probe=probe_message(probe_at),
         output_topic=topics.windows,
         keep_windows=keep,
+        workers=workers,
     )
     # Where the bytes go: faust's changelog of the per-crossing state, and the windows out.
     result.extra["changelog_bytes_per_report"] = round(
@@ -161,6 +163,44 @@ def metrics_cost(ctx: Context) -> dict[str, Any]:
         "on": {"runs": on, "median": median_on, "scrapes": scrapes},
         "cost_share": round(1 - median_on["events_per_s"] / median_off["events_per_s"], 4),
     }
+
+
+def scale_out(ctx: Context) -> dict[str, Any]:
+    """The sparse and dense replays with 1 and with 2 workers in one group, runs interleaved.
+
+    Two workers on two cores share them with the broker and the harness, so the speed-up
+    here is a floor. What carries to a bigger machine is the CPU each report costs a worker
+    (``cpu_us_per_report``, user + system time of the workers over the measured phase): the
+    model in docs/performance.md divides cores by it.
+    """
+    plan = ctx.plan
+    shapes = {
+        "sparse": DatasetSpec(
+            plan.aggregator_reports, plan.aggregator_crossings, plan.aggregator_span_hours
+        ),
+        "dense": DatasetSpec(plan.dense_reports, plan.dense_crossings, plan.dense_span_hours),
+    }
+    out: dict[str, Any] = {
+        "what": "queuewatch aggregator, 1 and 2 workers in one consumer group (12 partitions), "
+        "on this 2-core machine"
+    }
+    for shape, spec in shapes.items():
+        ds = dataset(spec)
+        messages = ds.load()
+        by_workers: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+        for _ in range(plan.runs):
+            for workers in (1, 2):
+                result = _aggregator_replay(ctx, messages, ds.start_ms, keep=False, workers=workers)
+                by_workers[workers].append(result.figures())
+        medians = {n: median_of_runs(runs) for n, runs in by_workers.items()}
+        out[shape] = {
+            "reports": len(messages),
+            "crossings": spec.crossings,
+            "workers_1": {"runs": by_workers[1], "median": medians[1]},
+            "workers_2": {"runs": by_workers[2], "median": medians[2]},
+            "speedup": round(medians[2]["events_per_s"] / medians[1]["events_per_s"], 2),
+        }
+    return out
 
 
 class _Scraper(threading.Thread):

@@ -20,7 +20,8 @@ from queuewatch.resources import REPO_ROOT
 pytestmark = pytest.mark.integration
 
 SCENARIOS = [
-    *("limit", "aggregator", "aggregator_dense", "metrics_cost", "peer", "sink", "end_to_end"),
+    *("limit", "aggregator", "aggregator_dense", "metrics_cost", "scale_out", "peer", "sink"),
+    "end_to_end",
     "query",
 ]
 
@@ -110,6 +111,16 @@ def test_smoke_metrics_cost_replays_the_dense_log_with_metrics_off_and_on(
     assert cost["off"]["median"]["events_per_s"] > 0
     assert cost["on"]["median"]["events_per_s"] > 0
     assert len(cost["off"]["runs"]) == len(cost["on"]["runs"]) >= 1
+
+
+def test_smoke_scale_out_runs_one_and_two_workers_of_one_group(
+    smoke_result: dict[str, Any],
+) -> None:
+    scale = smoke_result["scenarios"]["scale_out"]
+    for shape in ("sparse", "dense"):
+        assert scale[shape]["workers_1"]["median"]["workers"] == 1
+        assert scale[shape]["workers_2"]["median"]["workers"] == 2
+        assert scale[shape]["workers_2"]["median"]["cpu_us_per_report"] > 0
 
 
 def test_smoke_query_and_sink_scenarios_count_their_rows(smoke_result: dict[str, Any]) -> None:

@@ -80,8 +80,9 @@ def browse(url: str, *, screenshot: Path | None = None, size: str = "1500,1000")
         "--hide-scrollbars",
         f"--window-size={size}",
         # Virtual time does not advance while fetches are pending: the budget is spent only
-        # once the page is idle, so the figures are in before the DOM is read.
-        "--virtual-time-budget=15000",
+        # once the page is idle, so the figures are in before the DOM is read. Below the
+        # refresh interval (15 s), so the page is read after its first load.
+        "--virtual-time-budget=10000",
     ]
     args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
     done = subprocess.run(
