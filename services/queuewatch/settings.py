@@ -226,6 +226,12 @@ class DashboardSettings(BaseSettings):
         description="Port of the dashboard, which `queuewatch up` starts; 0 keeps `up` from "
         "starting it.",
     )
+    dashboard_allowed_hosts: str = Field(
+        "",
+        description="More Host headers the dashboard answers besides 127.0.0.1/localhost with "
+        "its port (comma-separated host:port), e.g. the published port in compose; any other "
+        "Host is refused, against DNS rebinding.",
+    )
     dashboard_refresh_s: float = Field(
         15.0,
         description="How often the page reloads its figures; reports arrive every few minutes "

@@ -67,3 +67,26 @@ def test_every_lane_gets_its_sparkline_and_a_lane_without_windows_an_empty_one()
         ("b", []),
     ]
     assert rows(b"\n\n") == []
+
+
+def test_the_dashboard_answers_its_own_hosts_and_the_configured_ones_only() -> None:
+    from queuewatch.dashboard.server import DashboardServer, HealthCache
+    from queuewatch.settings import CommonSettings, DashboardSettings, QuerySettings
+
+    settings = DashboardSettings(
+        dashboard_port=0, dashboard_allowed_hosts="127.0.0.1:18000, dash.example:80,"
+    )
+    server = DashboardServer(
+        CommonSettings(), settings, QuerySettings(), HealthCache(CommonSettings(), 60)
+    )
+    try:
+        port = server.server_address[1]
+        assert server.allowed_hosts == {
+            f"127.0.0.1:{port}",
+            f"localhost:{port}",
+            f"[::1]:{port}",
+            "127.0.0.1:18000",
+            "dash.example:80",
+        }
+    finally:
+        server.server_close()

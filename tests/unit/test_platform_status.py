@@ -47,3 +47,17 @@ def test_text_report_names_each_group_lag_and_the_verdict() -> None:
 def test_printed_clickhouse_urls_hide_the_password() -> None:
     assert _redact("http://writer:s3cret@ch:8123") == "http://writer:***@ch:8123"
     assert _redact("chdb:///var/clickhouse") == "chdb:///var/clickhouse"
+
+
+def test_the_dead_letter_topic_line_counts_its_letters() -> None:
+    report = StatusReport(
+        kafka_bootstrap="127.0.0.1:9092",
+        broker_reachable=True,
+        topics={"queue-reports": 12, "queue-reports-dlq": 1},
+        dead_letters=27,
+        dlq_topic="queue-reports-dlq",
+    )
+    lines = render_text(report).splitlines()
+    assert "ok   topic queue-reports-dlq (1 partitions), 27 dead letters" in lines
+    assert "ok   topic queue-reports (12 partitions)" in lines
+    assert report.to_json()["dead_letters"] == 27

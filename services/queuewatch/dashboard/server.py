@@ -10,8 +10,9 @@ browser opens:
 
 - only GET and HEAD; the page never sends SQL, it asks for named figures
   (``dashboard/queries.py``), read through the guarded read-only path of ``queuewatch query``;
-- the ``Host`` header must name this server (a loopback name or the configured address), so
-  a hostile page cannot read it through DNS rebinding;
+- the ``Host`` header must name this server (a loopback name or the configured address with
+  its port, or one of ``QUEUEWATCH_DASHBOARD_ALLOWED_HOSTS``), so a hostile page cannot read
+  it through DNS rebinding;
 - no CORS headers, so other origins cannot read the answers; a strict
   Content-Security-Policy, ``nosniff`` and ``frame-ancestors 'none'`` on every answer;
 - at most ``QUEUEWATCH_DASHBOARD_CONCURRENCY`` requests at once, others get 503 at once.
@@ -138,9 +139,12 @@ class DashboardServer(ThreadingHTTPServer):
         self.slots = threading.BoundedSemaphore(max(1, settings.dashboard_concurrency))
         super().__init__((settings.dashboard_address, settings.dashboard_port), DashboardHandler)
         port = self.server_address[1]
-        self.allowed_hosts = {f"{name}:{port}" for name in LOOPBACK_NAMES} | {
-            f"{settings.dashboard_address}:{port}"
-        }
+        extra = {h.strip() for h in settings.dashboard_allowed_hosts.split(",") if h.strip()}
+        self.allowed_hosts = (
+            {f"{name}:{port}" for name in LOOPBACK_NAMES}
+            | {f"{settings.dashboard_address}:{port}"}
+            | extra
+        )
 
     def run_query(self, sql: str) -> bytes:
         """One guarded read-only query, answered as JSONEachRow."""
