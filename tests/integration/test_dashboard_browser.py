@@ -265,7 +265,7 @@ def test_the_rendered_page_shows_every_lane_with_the_figures_of_crossing_status(
         running.env,
         "SELECT crossing_id, from_country, to_country, traffic_class, status, wait_minutes, "
         "consensus_wait_minutes, queue_vehicles, consensus_queue_vehicles, wait_trend, "
-        "reports_1h, sources_1h, toString(last_report_at) AS last_at, confidence "
+        "reports_3h, sources_3h, toString(last_report_at) AS last_at, confidence "
         "FROM crossing_status",
     )
     page = Page(browse(running.url))
@@ -289,7 +289,7 @@ def test_the_rendered_page_shows_every_lane_with_the_figures_of_crossing_status(
         )
         assert cells["status"].text == r["status"]
         assert cells["wait_trend"].value == r["wait_trend"]
-        assert cells["reports_1h"].text == f"{shown(r['reports_1h'])} / {shown(r['sources_1h'])}"
+        assert cells["reports_3h"].text == f"{shown(r['reports_3h'])} / {shown(r['sources_3h'])}"
         assert cells["last_report_at"].value == r["last_at"]
         assert cells["confidence"].text == r["confidence"]
     # The pipeline's health is there too, from `status`'s own checks.

@@ -48,6 +48,8 @@ SELECT
     wait_trend,
     reports_1h,
     sources_1h,
+    reports_3h,
+    sources_3h,
     reports_24h,
     sources_24h,
     toString(last_report_at) AS last_report_at,

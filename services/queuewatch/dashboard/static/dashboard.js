@@ -85,8 +85,8 @@ function renderLanes(data) {
       Number(lane.stale) ? "stale" : "");
     fresh.title = lane.last_report_at + " UTC";
     tr.appendChild(fresh);
-    tr.appendChild(cell("reports_1h", lane.reports_1h,
-      `${shown(lane.reports_1h)} / ${shown(lane.sources_1h)}`, "num"));
+    tr.appendChild(cell("reports_3h", lane.reports_3h,
+      `${shown(lane.reports_3h)} / ${shown(lane.sources_3h)}`, "num"));
     const conf = cell("confidence", lane.confidence, undefined, "conf-" + lane.confidence);
     conf.title = (lane.confidence_reasons || []).join("; ");
     tr.appendChild(conf);
