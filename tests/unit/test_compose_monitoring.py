@@ -258,3 +258,16 @@ def test_every_file_of_the_profile_is_in_the_repository() -> None:
         grafana.DASHBOARD_FILE,
     ):
         assert Path(path).is_file(), path
+
+
+def test_the_sql_macros_expand_as_the_plugin_expands_them_and_unknown_ones_are_refused() -> None:
+    variables = {"crossing": ["a", "b'c"]}
+    sql = "SELECT 1 WHERE $__timeFilter(toDateTime(t)) AND c IN (${crossing:singlequote})"
+    start, end = grafana.TIME_FROM_S, grafana.TIME_TO_S
+    assert grafana.expand_sql(sql, variables) == (
+        f"SELECT 1 WHERE toDateTime(t) >= toDateTime({start}) AND toDateTime(t) <= "
+        f"toDateTime({end}) AND c IN ('a','b\\'c')"
+    )
+    for unknown in ("$__timeGroup(t, '1h')", "$region", "${crossing:csv}", "$__timeFilter(t"):
+        with pytest.raises(ValueError):
+            grafana.expand_sql(f"SELECT {unknown}", variables)
