@@ -48,9 +48,8 @@ def _registries(monkeypatch: pytest.MonkeyPatch) -> list[CollectorRegistry]:
         batch_seconds=None,
     )
     common = CommonSettings()
-    app._serve_metrics(  # type: ignore[arg-type]
-        aggregator, common, AggregatorSettings(aggregator_metrics_port=9464)
-    )
+    settings = AggregatorSettings(aggregator_metrics_port=9464)
+    app._serve_metrics(aggregator, common, settings)  # type: ignore[arg-type]
     sinks = [
         SimpleNamespace(
             name=name,
