@@ -83,6 +83,9 @@ def test_the_clickhouse_plugin_is_installed_pinned_and_matches_the_dashboard(
         if t["datasource"]["type"] == grafana.CLICKHOUSE_PLUGIN
     ]
     assert targets and {t["pluginVersion"] for t in targets} == {version}
+    # Grafana reads preinstall_sync only when preinstall is not disabled
+    # (pkg/setting/setting_plugins.go): disabling the default set would skip the plugin too.
+    assert env.get("GF_PLUGINS_PREINSTALL_DISABLED", "false").lower() != "true"
 
 
 @pytest.mark.parametrize("name", MONITORING)
