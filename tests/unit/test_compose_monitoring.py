@@ -234,6 +234,22 @@ def test_the_pipeline_row_reads_prometheus_and_the_crossings_row_clickhouse() ->
     assert len(ids) == len(set(ids))
 
 
+#: Panel types Grafana ships (no plugin to install for them).
+CORE_PANELS = {"row", "timeseries", "stat", "table", "bargauge", "gauge", "piechart", "text"}
+
+
+def test_every_panel_is_a_core_panel_on_the_24_column_grid_without_overlaps() -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in grafana.panels(grafana.dashboard()):
+        assert panel["type"] in CORE_PANELS, f"{panel['title']!r}: {panel['type']}"
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, f"{panel['title']!r} is off the grid"
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                other = taken.setdefault((x, y), panel["title"])
+                assert other == panel["title"], f"{panel['title']!r} covers {other!r}"
+
+
 def test_the_dashboard_covers_the_figures_of_the_issue() -> None:
     texts = " ".join(q.text for q in grafana.queries(grafana.dashboard()))
     for needle in (
