@@ -182,7 +182,7 @@ def mounted_target(service: Mapping[str, Any], source: Path) -> str:
     raise AssertionError(f"{source} is not mounted into the service")
 
 
-def compose_path_exists(path: str, service: Mapping[str, Any]) -> Path:
+def repository_file(path: str, service: Mapping[str, Any]) -> Path:
     """The repository file behind ``path`` inside ``service``'s bind mounts."""
     for mount in service.get("volumes", []):
         target = str(mount.get("target", ""))

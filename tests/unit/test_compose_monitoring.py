@@ -160,7 +160,7 @@ def test_grafana_finds_its_provisioning_and_the_dashboard_where_the_files_say(
     path = providers[0]["options"]["path"]
     assert grafana.mounted_target(service, grafana.DASHBOARDS_DIR) == path
     home = service["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
-    assert grafana.compose_path_exists(home, service).resolve() == grafana.DASHBOARD_FILE
+    assert grafana.repository_file(home, service).resolve() == grafana.DASHBOARD_FILE
 
 
 def test_grafana_reads_its_passwords_from_secret_files_only(
