@@ -59,12 +59,12 @@ def _profile_settings(root: ElementTree.Element, user: ElementTree.Element) -> d
     return {child.tag: (child.text or "").strip() for child in profile if len(child) == 0}
 
 
-def test_the_users_are_migrator_writer_reader_and_a_restricted_default(
+def test_the_users_are_migrator_writer_reader_grafana_and_a_restricted_default(
     root: ElementTree.Element,
 ) -> None:
     users = root.find("users")
     assert users is not None
-    assert {user.tag for user in users} == {"default", "migrator", "writer", "reader"}
+    assert {user.tag for user in users} == {"default", "migrator", "writer", "reader", "grafana"}
 
 
 PROJECTIONS = {"queue_reports", "crossing_windows", "window_latest"}
@@ -119,15 +119,15 @@ def test_every_table_a_sink_writes_is_one_the_writer_may_insert_into(
         assert _may(writer, "INSERT", table), f"the {kind} sink could not write {table}"
 
 
-@pytest.mark.parametrize("name", ["migrator", "writer", "reader"])
+@pytest.mark.parametrize("name", ["migrator", "writer", "reader", "grafana"])
 def test_every_profile_limits_time_and_memory(root: ElementTree.Element, name: str) -> None:
     settings = _profile_settings(root, _user(root, name))
     assert 0 < int(settings.get("max_execution_time", "0")) <= 3600
     assert int(settings.get("max_memory_usage", "0")) > 0
 
 
-@pytest.mark.parametrize("name", ["migrator", "writer"])
-def test_a_writing_profile_cannot_raise_its_own_limits(
+@pytest.mark.parametrize("name", ["migrator", "writer", "grafana"])
+def test_a_profile_that_may_change_settings_cannot_raise_its_own_limits(
     root: ElementTree.Element, name: str
 ) -> None:
     profile = root.find(f"profiles/{_user(root, name).findtext('profile')}")
@@ -181,7 +181,7 @@ def test_the_migrator_owns_the_queuewatch_database_and_nothing_beyond(
 
 
 def test_no_user_can_manage_access_or_reach_other_databases(root: ElementTree.Element) -> None:
-    for name in ("migrator", "writer", "reader"):
+    for name in ("migrator", "writer", "reader", "grafana"):
         user = _user(root, name)
         assert user.findtext("access_management", "0") == "0"
         for _, target in _grants(user):
@@ -197,7 +197,7 @@ def test_the_default_user_answers_on_loopback_only(root: ElementTree.Element) ->
     assert addresses == {"::1", "127.0.0.1"}
 
 
-@pytest.mark.parametrize("name", ["migrator", "writer", "reader"])
+@pytest.mark.parametrize("name", ["migrator", "writer", "reader", "grafana"])
 def test_the_server_gets_only_a_hash_of_each_password_from_the_environment(
     root: ElementTree.Element, name: str
 ) -> None:
@@ -221,6 +221,88 @@ _DATABASE_LEVELS = {"DATABASE", "TABLE", "VIEW", "DICTIONARY", "COLUMN"}
 _TABLE_LEVELS = {"TABLE", "VIEW", "DICTIONARY", "COLUMN"}
 
 
+GRAFANA_LIMITS = (
+    "max_execution_time",
+    "max_memory_usage",
+    "max_threads",
+    "max_result_rows",
+    "max_result_bytes",
+)
+#: Settings whose value decides whether the limits hold at all: never changeable.
+GRAFANA_PINNED = ("readonly", "allow_ddl", "result_overflow_mode", "timeout_overflow_mode")
+#: The constraint kinds ClickHouse knows (``const`` is an alias of ``readonly``).
+CONSTRAINT_KINDS = {"min", "max", "readonly", "const", "changeable_in_readonly", "disallowed"}
+
+
+def _constraints(root: ElementTree.Element, name: str) -> dict[str, dict[str, str]]:
+    """setting -> {kind: value} of the constraints of user ``name``'s profile."""
+    profile = root.find(f"profiles/{_user(root, name).findtext('profile')}")
+    assert profile is not None
+    constraints = profile.find("constraints")
+    assert constraints is not None, f"{name}'s profile has no constraints"
+    return {
+        setting.tag: {kind.tag: (kind.text or "").strip() for kind in setting}
+        for setting in constraints
+    }
+
+
+def test_the_grafana_user_may_only_select_from_the_queuewatch_database(
+    root: ElementTree.Element,
+) -> None:
+    assert _grants(_user(root, "grafana")) == [({"SELECT"}, f"{DATABASE}.*")]
+
+
+def test_the_grafana_profile_reads_only_but_accepts_the_settings_its_plugin_sends(
+    root: ElementTree.Element,
+) -> None:
+    settings = _profile_settings(root, _user(root, "grafana"))
+    # 2, not 1: readonly=1 refuses the max_execution_time the plugin sends with every query.
+    assert settings.get("readonly") == "2"
+    assert settings.get("allow_ddl") == "0"
+    assert settings.get("result_overflow_mode") == "throw"
+    assert settings.get("timeout_overflow_mode") == "throw"
+
+
+@pytest.mark.parametrize("limit", GRAFANA_LIMITS)
+def test_every_grafana_limit_is_bounded_on_both_sides_so_zero_cannot_lift_it(
+    root: ElementTree.Element, limit: str
+) -> None:
+    settings = _profile_settings(root, _user(root, "grafana"))
+    bounds = _constraints(root, "grafana").get(limit)
+    assert bounds is not None, f"a Grafana session could raise {limit} at will"
+    # ClickHouse reads 0 as "unlimited": a max alone lets a session send 0.
+    assert int(bounds.get("min", "0")) >= 1, f"{limit} may be set to 0 (no limit)"
+    assert int(bounds["max"]) == int(settings[limit]), f"{limit}: the cap is not the default"
+
+
+@pytest.mark.parametrize("setting", GRAFANA_PINNED)
+def test_the_grafana_profile_pins_what_keeps_it_read_only_and_its_limits_refusing(
+    root: ElementTree.Element, setting: str
+) -> None:
+    kinds = _constraints(root, "grafana").get(setting, {})
+    assert {"const", "readonly"} & set(kinds), f"a Grafana session may change {setting}"
+    assert "changeable_in_readonly" not in kinds
+
+
+def test_every_constraint_is_of_a_kind_clickhouse_knows(root: ElementTree.Element) -> None:
+    for name in ("migrator", "writer", "grafana"):
+        for setting, kinds in _constraints(root, name).items():
+            unknown = set(kinds) - CONSTRAINT_KINDS
+            assert not unknown, f"{name}: {setting} has constraints {unknown}"
+
+
+def test_the_grafana_plugin_timeout_fits_under_the_profiles_time_cap(
+    root: ElementTree.Element,
+) -> None:
+    from tests.support.grafana import clickhouse_datasource
+
+    # clickhouse-go (under the plugin) sends max_execution_time = query timeout + 5 s; above
+    # the cap, ClickHouse refuses every query of the dashboard.
+    timeout = int(clickhouse_datasource()["jsonData"]["queryTimeout"])
+    cap = int(_constraints(root, "grafana")["max_execution_time"]["max"])
+    assert timeout + 5 <= cap
+
+
 @pytest.fixture(scope="module")
 def engine_check(root: ElementTree.Element) -> dict[str, object]:
     """Each grant formatted by the ClickHouse engine shipped here, and its privilege levels."""
@@ -240,7 +322,9 @@ def engine_check(root: ElementTree.Element) -> dict[str, object]:
         "    formatted.append(str(out).strip())\n"
         "rows = chdb.query('SELECT privilege, level FROM system.privileges', 'JSONCompact')\n"
         "levels = {p: lv for p, lv in json.loads(str(rows))['data']}\n"
-        "print(json.dumps({'formatted': formatted, 'levels': levels}))\n"
+        "rows = chdb.query('SELECT name FROM system.settings', 'JSONCompact')\n"
+        "settings = [r[0] for r in json.loads(str(rows))['data']]\n"
+        "print(json.dumps({'formatted': formatted, 'levels': levels, 'settings': settings}))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", script, json.dumps(queries)],
@@ -276,3 +360,15 @@ def test_every_granted_privilege_exists_at_the_level_it_is_granted_on(
                     f"{user.tag}: {privilege} is a {levels[privilege]} privilege, "
                     f"it cannot be granted ON {target}"
                 )
+
+
+def test_every_profile_setting_and_constraint_names_a_setting_of_the_engine(
+    root: ElementTree.Element, engine_check: dict[str, object]
+) -> None:
+    known = engine_check["settings"]
+    assert isinstance(known, list) and "readonly" in known
+    for profile in root.findall("profiles/*"):
+        names = {child.tag for child in profile if child.tag != "constraints"}
+        names |= {child.tag for child in profile.findall("constraints/*")}
+        unknown = names - set(known)
+        assert not unknown, f"profile {profile.tag}: no such settings {sorted(unknown)}"

@@ -40,7 +40,10 @@ SENTINELS = {
     "CLICKHOUSE_MIGRATOR_PASSWORD_SHA256": "sentinel-migrator-5f1e",
     "CLICKHOUSE_WRITER_PASSWORD_SHA256": "sentinel-writer-9a2c",
     "CLICKHOUSE_READER_PASSWORD_SHA256": "sentinel-reader-3b7d",
+    "CLICKHOUSE_GRAFANA_PASSWORD_SHA256": "sentinel-grafana-8c4e",
 }
+#: The services of the `monitoring` profile (tests/unit/test_compose_monitoring.py).
+MONITORING = ("prometheus", "grafana")
 
 
 def compose_binary() -> Path:
@@ -91,7 +94,7 @@ def sentinel_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def model(sentinel_env: Path) -> dict[str, Any]:
     """The normalised model with every profile enabled."""
-    return normalised(sentinel_env, "demo")
+    return normalised(sentinel_env, "demo", "monitoring")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +121,9 @@ def test_compose_file_validates_against_the_compose_specification() -> None:
 
 
 def test_compose_accepts_the_file_with_an_env_made_from_the_example() -> None:
-    proc = run_compose(ENV_EXAMPLE, "--profile", "demo", "config", "--quiet")
+    proc = run_compose(
+        ENV_EXAMPLE, "--profile", "demo", "--profile", "monitoring", "config", "--quiet"
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -132,7 +137,13 @@ def test_compose_without_passwords_stops_and_names_the_missing_variable(tmp_path
 
 
 def test_the_deployment_has_every_service_of_the_design(services: dict[str, Any]) -> None:
-    assert set(services) == {"kafka", "kafka-users", "clickhouse", *QUEUEWATCH_SERVICES}
+    assert set(services) == {
+        "kafka",
+        "kafka-users",
+        "clickhouse",
+        *QUEUEWATCH_SERVICES,
+        *MONITORING,
+    }
 
 
 def test_the_simulator_runs_only_under_the_demo_profile(sentinel_env: Path) -> None:
@@ -292,6 +303,8 @@ def test_a_password_file_goes_to_the_one_service_that_needs_it(model: dict[str, 
         "clickhouse_migrator_password": {"migrate"},
         "clickhouse_writer_password": {"raw-sink", "window-sink"},
         "kafka_producer_password": {"kafka-users"},
+        "clickhouse_grafana_password": {"grafana"},
+        "grafana_admin_password": {"grafana"},
     }
 
 
@@ -442,7 +455,8 @@ def test_every_password_in_the_model_comes_from_the_env_file(
     # With a different env file, no sentinel may remain: nothing is baked in.
     other = sentinel_env.parent / "other.env"
     other.write_text("".join(f"{k}=x{i}\n" for i, k in enumerate(SENTINELS)))
-    assert not any(s in json.dumps(normalised(other, "demo")) for s in SENTINELS.values())
+    rebuilt = json.dumps(normalised(other, "demo", "monitoring"))
+    assert not any(s in rebuilt for s in SENTINELS.values())
 
 
 def test_the_local_env_file_is_never_committed_nor_sent_to_a_build() -> None:
