@@ -75,6 +75,7 @@ def test_the_compose_file_runs_each_queuewatch_service_it_should() -> None:
         "aggregator": ["aggregator"],
         "raw-sink": ["sink", "raw"],
         "window-sink": ["sink", "windows"],
+        "dashboard": ["dashboard"],
         "simulator": ["simulate"],
     }
 

@@ -31,7 +31,7 @@ KAFKA_POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
 
 PROCESSORS = ("aggregator", "raw-sink", "window-sink")
 ONE_SHOTS = ("topics", "migrate")
-QUEUEWATCH_SERVICES = (*ONE_SHOTS, *PROCESSORS, "simulator")
+QUEUEWATCH_SERVICES = (*ONE_SHOTS, *PROCESSORS, "dashboard", "simulator")
 #: Earlier 26.x releases lose rows with async inserts and dedup tokens (ClickHouse issue 111031).
 MIN_CLICKHOUSE = (26, 6, 2, 98)
 
@@ -282,7 +282,12 @@ def test_each_clickhouse_client_reads_its_own_users_password_from_a_docker_secre
     model: dict[str, Any],
 ) -> None:
     services = model["services"]
-    expected_user = {"migrate": "migrator", "raw-sink": "writer", "window-sink": "writer"}
+    expected_user = {
+        "migrate": "migrator",
+        "raw-sink": "writer",
+        "window-sink": "writer",
+        "dashboard": "reader",  # it only reads, as any consumer
+    }
     for name, user in expected_user.items():
         env = services[name]["environment"]
         # The URL names the user only: the password is in no environment (`docker inspect`).
@@ -302,6 +307,7 @@ def test_a_password_file_goes_to_the_one_service_that_needs_it(model: dict[str, 
     assert holders == {
         "clickhouse_migrator_password": {"migrate"},
         "clickhouse_writer_password": {"raw-sink", "window-sink"},
+        "clickhouse_reader_password": {"dashboard"},
         "kafka_producer_password": {"kafka-users"},
         "clickhouse_grafana_password": {"grafana"},
         "grafana_admin_password": {"grafana"},
