@@ -1,4 +1,4 @@
-"""Commands for operators: `queuewatch dlq list|show|republish`."""
+"""Commands for operators: `queuewatch dlq list|show|republish`, `queuewatch rebuild`."""
 
 from __future__ import annotations
 
@@ -152,3 +152,74 @@ def republish_letters(
         typer.echo(f"refused {ref}: {text}", err=True)
     typer.echo(f"{len(sent)} re-published, {len(why)} refused", err=True)
     raise typer.Exit(1 if why else 0)
+
+
+@app.command()
+def rebuild(
+    raw: Annotated[bool, typer.Option("--raw", help="Rebuild queue_reports.")] = False,
+    windows: Annotated[
+        bool, typer.Option("--windows", help="Rebuild crossing_windows and window_latest.")
+    ] = False,
+    drop_old: Annotated[
+        bool, typer.Option("--drop-old", help="Drop the old tables instead of keeping them.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Swap without asking.")] = False,
+) -> None:
+    """Rebuild the ClickHouse projections from the Kafka log, then swap them in atomically.
+
+    Without --raw or --windows, both. Shadow tables are filled by new consumer groups (the
+    windows by the aggregator, re-run from the first report with the current settings, e.g.
+    a new QUEUEWATCH_AGGREGATOR_GRACE) while queries keep reading the live tables; once
+    complete, EXCHANGE TABLES swaps them. The old tables stay as <table>_before_<time> unless
+    --drop-old. The windows need the aggregator and the window sink stopped; on the embedded
+    ClickHouse the whole `queuewatch up` (this command then answers `queuewatch query`).
+    See docs/operations.md, "Rebuilding the projections".
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from queuewatch.operations.rebuild import Rebuild, RebuildPlan, new_stamp
+    from queuewatch.settings import CommonSettings
+
+    common = CommonSettings()
+    setup_logging("WARNING")
+    both = not (raw or windows)
+    console = Console(stderr=True)
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} reports"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def progress(p: Any) -> None:
+        if p.stage not in tasks:
+            tasks[p.stage] = bars.add_task(p.stage, total=max(p.total, 1))
+        bars.update(tasks[p.stage], completed=p.done, total=max(p.total, 1))
+
+    def confirm(question: str) -> bool:
+        bars.stop()
+        return True if yes else typer.confirm(question, default=False)
+
+    plan = RebuildPlan(
+        raw=raw or both, windows=windows or both, stamp=new_stamp(), drop_old=drop_old,
+        confirm=confirm,
+    )  # fmt: skip
+    try:
+        with bars:
+            result = Rebuild(common, plan, on_progress=progress).run()
+    except QueuewatchError as exc:
+        raise fail(exc) from None
+    if not result.swapped:
+        typer.echo(
+            "not swapped: the live tables are unchanged; the *_rebuild tables hold the new rows"
+        )
+        raise typer.Exit(1)
+    for table, rows in result.rows.items():
+        typer.echo(f"rebuilt {table}: {rows} rows")
+    if result.old_tables:
+        typer.echo(f"old tables kept: {', '.join(result.old_tables)} (DROP them when done)")
+    typer.echo(f"done in {result.seconds:.1f} s")
