@@ -1,6 +1,6 @@
 """One measured replay: a processor started on an empty topic, then N reports at once.
 
-The protocol, the same for every processor (ours, the Quix peer, the sinks):
+The protocol, the same for every processor (ours, the Quix and Bytewax peers, the sinks):
 
 1. create fresh topics; start following the processor's output topic (if it has one);
 2. start the processor; publish one probe report and wait until its consumer group has
