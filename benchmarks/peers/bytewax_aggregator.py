@@ -142,7 +142,10 @@ def build(args: argparse.Namespace) -> Dataflow:
         windower = win.SlidingWindower(
             length=timedelta(milliseconds=size), offset=timedelta(milliseconds=step), align_to=EPOCH
         )
-        closed = win.collect_window(f"w{name}", compacted, clock, windower, ordered=False)
+        # bytewax 0.21's typing overloads omit ``ordered``; the operator itself takes it.
+        closed = win.collect_window(  # type: ignore[call-overload]
+            f"w{name}", compacted, clock, windower, ordered=False
+        )
 
         def records(
             item: tuple[str, tuple[int, list[list[Any]]]], n: str = name, size: int = size,

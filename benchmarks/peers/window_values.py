@@ -46,9 +46,9 @@ class ReportDecoder:
     def __call__(self, value: bytes) -> dict[str, Any]:
         if value[:2] != MAGIC or value[2:10] != self.fp:
             raise ValueError("not a QueueReport v1 single-object payload")
-        record: dict[str, Any] = fastavro.schemaless_reader(
-            io.BytesIO(value[10:]), self.schema, None
-        )
+        record = fastavro.schemaless_reader(io.BytesIO(value[10:]), self.schema, None)
+        if not isinstance(record, dict):
+            raise ValueError("a QueueReport payload that does not decode to a record")
         return record
 
 
