@@ -1,7 +1,7 @@
 """Runs a processor under test as a child process and watches it from outside.
 
 The harness never reaches into a processor: it starts the real command (``queuewatch
-aggregator``, ``queuewatch sink all``, the Quix peer) with its settings in the environment,
+aggregator``, ``queuewatch sink all``, the peers) with its settings in the environment,
 samples its resident memory (with its children) every ``interval_s``, watches its consumer
 group through the Kafka admin API, and stops it with SIGTERM as an operator would.
 """

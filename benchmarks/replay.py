@@ -1,6 +1,6 @@
 """One measured replay: a processor started on an empty topic, then N reports at once.
 
-The protocol, the same for every processor (ours, the Quix peer, the sinks):
+The protocol, the same for every processor (ours, the Quix and Bytewax peers, the sinks):
 
 1. create fresh topics; start following the processor's output topic (if it has one);
 2. start the processor; publish one probe report and wait until its consumer group has
@@ -31,6 +31,7 @@ from typing import Any
 from benchmarks import processes
 from benchmarks.dataset import Crossing, make_report
 from benchmarks.kafka_setup import GroupWatcher, create_topics, produce
+from benchmarks.peer_env import Peer
 from benchmarks.window_output import WindowCollector, WindowKey
 from queuewatch.contract.codec import encode
 from queuewatch.contract.schemas import QUEUE_REPORT, default_registry
@@ -227,22 +228,32 @@ def aggregator_starter(
 
 
 def peer_starter(
-    bootstrap: str, topics: Topics, group: str, state_dir: Path, log_dir: Path, python: str
+    peer: Peer,
+    bootstrap: str,
+    topics: Topics,
+    group: str,
+    state_dir: Path,
+    log_dir: Path,
+    python: str,
 ) -> Callable[[], processes.Child]:
-    """Starts the Quix Streams peer in its own venv, writing to ``topics.windows``."""
+    """Starts a peer (benchmarks/peers) in its own venv, writing to ``topics.windows``.
+
+    It runs as a module from the repository root, so both peers import the window values
+    they share (benchmarks/peers/window_values.py) and nothing else of this repository.
+    """
     from queuewatch.resources import REPO_ROOT
 
     argv = [
-        python,
-        str(REPO_ROOT / "benchmarks" / "peers" / "quix_aggregator.py"),
+        python, "-m", peer.module,
         "--bootstrap", bootstrap,
         "--input", topics.reports,
         "--output", topics.windows,
         "--group", group,
-        "--state-dir", str(state_dir),
         "--schemas", str(REPO_ROOT / "schemas"),
     ]  # fmt: skip
-    return lambda: processes.start(f"quix-{group}", argv, {}, log_dir)
+    if peer.name == "quix":
+        argv += ["--state-dir", str(state_dir)]
+    return lambda: processes.start(f"{peer.name}-{group}", argv, {}, log_dir, cwd=REPO_ROOT)
 
 
 def run_ids(prefix: str) -> tuple[Topics, str]:

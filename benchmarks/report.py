@@ -33,6 +33,65 @@ def _ok(entry: dict[str, Any] | None) -> bool:
     return bool(entry) and entry.get("status") == "ok"  # type: ignore[union-attr]
 
 
+#: Each peer's short name and the version its requirements pin, for the table.
+PEER_NAMES = {"quix": ("Quix", "Quix Streams 3.28"), "bytewax": ("Bytewax", "Bytewax 0.21")}
+
+
+def _peers(peer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Name -> entry; a result file from before the Bytewax peer held only Quix's figures."""
+    if "peers" in peer:
+        return dict(peer["peers"])
+    return {
+        "quix": {
+            "status": "ok",
+            "median": peer["peer"]["median"],
+            "ratio_ours_to_peer": peer["ratio_ours_to_peer"],
+            "equality": peer["equality"],
+        }
+    }
+
+
+def _peer_rows(peer: dict[str, Any]) -> list[str]:
+    """Ours and every peer side by side: throughput, ratio, start-up, equality of windows."""
+    ds = peer["dataset"]
+    ours = peer["ours"]["median"]
+    peers = _peers(peer)
+    lines = [
+        f"| peer ({ds['reports']:,} reports, {ds['crossings']} crossings) | "
+        f"queuewatch aggregator | {_fmt(ours['events_per_s'])} events/s |"
+    ]
+    measured = {name: entry for name, entry in peers.items() if entry.get("status") == "ok"}
+    for name, entry in peers.items():
+        title = PEER_NAMES.get(name, (name, name))[1]
+        if name not in measured:
+            lines.append(f"| peer | {title} | not measured: {entry.get('reason', '')} |")
+            continue
+        lines.append(
+            f"| peer | {title} | {_fmt(entry['median']['events_per_s'])} events/s "
+            f"(ours is {_fmt(entry['ratio_ours_to_peer'], 2)}x) |"
+        )
+    startups = " / ".join(_fmt(e["median"].get("startup_s"), 1) + " s" for e in measured.values())
+    names = " / ".join(PEER_NAMES.get(n, (n, n))[0] for n in measured)
+    lines.append(
+        f"| peer | start-up, ours / {names} | {_fmt(ours['startup_s'], 1)} s / {startups} |"
+    )
+    for name, entry in measured.items():
+        eq = entry["equality"]
+        late = eq.get("beyond_grace_windows")
+        tolerated = (
+            f"; {late} windows holding a report later than the grace checked on their count"
+            if late
+            else ""
+        )
+        lines.append(
+            f"| peer | closed windows equal, {PEER_NAMES.get(name, (name, name))[1]} | "
+            f"{'yes' if eq.get('equal') else 'NO'}: {eq.get('compared')} compared, "
+            f"{eq.get('mismatched')} differ, {eq.get('missing_in_peer')} missing in peer, "
+            f"{eq.get('missing_in_ours')} missing in ours{tolerated} |"
+        )
+    return lines
+
+
 def summary(result: dict[str, Any], result_path: str) -> str:
     """The markdown between the markers."""
     m = result["machine"]
@@ -88,20 +147,7 @@ def summary(result: dict[str, Any], result_path: str) -> str:
     peer = sc.get("peer")
     if _ok(peer):
         assert peer is not None
-        eq = peer["equality"]
-        lines += [
-            f"| peer ({peer['dataset']['reports']:,} reports, {peer['dataset']['crossings']} "
-            f"crossings) | queuewatch aggregator | {_fmt(peer['ours']['median']['events_per_s'])}"
-            " events/s |",
-            f"| peer | Quix Streams 3.28 | {_fmt(peer['peer']['median']['events_per_s'])} "
-            f"events/s (ours is {_fmt(peer['ratio_ours_to_peer'], 2)}x) |",
-            f"| peer | start-up, ours / Quix | {_fmt(peer['ours']['median']['startup_s'], 1)} s"
-            f" / {_fmt(peer['peer']['median']['startup_s'], 1)} s |",
-            f"| peer | closed windows equal | {'yes' if eq.get('equal') else 'NO'}: "
-            f"{eq.get('compared')} compared, {eq.get('mismatched')} differ, "
-            f"{eq.get('missing_in_peer')} missing in peer, {eq.get('missing_in_ours')} "
-            "missing in ours |",
-        ]
+        lines += _peer_rows(peer)
     elif peer:
         lines.append(f"| peer | not measured | {peer.get('reason', '')} |")
     sink = sc.get("sink")

@@ -71,10 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-peer-install",
         action="store_true",
-        help="do not build the Quix peer's venv; skip the peer unless it is built already",
+        help="do not build the peers' venvs; skip a peer unless its venv is built already",
     )
     parser.add_argument(
-        "--peer-install", action="store_true", help="build the Quix peer's venv (smoke too)"
+        "--peer-install", action="store_true", help="build the peers' venvs (smoke too)"
     )
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/ (full)")
     return parser.parse_args(argv)

@@ -3,18 +3,20 @@
 * ``aggregator``: `queuewatch aggregator`, 1 worker, N reports over many crossings: events/s
   until the last window is emitted, peak memory, memory per active crossing; ratio to the
   limit.
-* ``peer``: the same (smaller) log through ours and through the Quix Streams peer; the
-  ratio of their throughputs, and the closed windows of both compared field by field.
+* ``peer``: the same (smaller) log through ours, the Quix Streams peer and the Bytewax peer;
+  the ratios of their throughputs, and each peer's closed windows compared with ours field by
+  field.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+from pathlib import Path
 from typing import Any
 
 from benchmarks import peer_env
-from benchmarks.compare import compare
+from benchmarks.compare import beyond_grace, compare
 from benchmarks.context import Context
 from benchmarks.dataset import DatasetSpec, dataset
 from benchmarks.replay import (
@@ -26,6 +28,8 @@ from benchmarks.replay import (
     run_ids,
 )
 from benchmarks.stats import median_of_runs
+from queuewatch.contract.codec import decode
+from queuewatch.contract.schemas import QUEUE_REPORT, default_registry
 
 
 def topic_bytes(ctx: Context, topic: str) -> int:
@@ -228,53 +232,95 @@ class _Scraper(threading.Thread):
 
 
 def peer(ctx: Context) -> dict[str, Any]:
-    """Ours against the Quix Streams peer on the same log: speed and equality of outputs."""
+    """Ours against the Quix Streams and the Bytewax peers on the same log, runs interleaved:
+    speed, and equality of each peer's closed windows with ours."""
     plan = ctx.plan
-    python = peer_env.peer_python(install=plan.install_peer)
-    if python is None:
-        return {
-            "status": "skipped",
-            "reason": f"the Quix peer's venv is not built ({peer_env.VENV}); "
-            "`python -m benchmarks.run` builds it unless --no-peer-install is given",
-        }
+    pythons: dict[str, Path] = {}
+    peers: dict[str, dict[str, Any]] = {}
+    for p in peer_env.PEERS.values():
+        python = peer_env.peer_python(p, install=plan.install_peer)
+        if python is None:
+            peers[p.name] = {
+                "title": p.title,
+                "status": "skipped",
+                "reason": f"the {p.title} peer's venv is not built ({p.venv}); "
+                "`python -m benchmarks.run` builds it unless --no-peer-install is given",
+            }
+        else:
+            pythons[p.name] = python
+    if not pythons:
+        reasons = "; ".join(entry["reason"] for entry in peers.values())
+        return {"status": "skipped", "reason": reasons, "peers": peers}
     ds = dataset(DatasetSpec(plan.peer_reports, plan.peer_crossings, plan.peer_span_hours))
     messages = ds.load()
-    ours_runs, peer_runs = [], []
-    equality: dict[str, Any] = {}
+    ours_runs: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in pythons}
+    equality: dict[str, dict[str, Any]] = {}
+    late_in_ours = beyond_grace(_decoded(messages))
     for i in range(plan.runs):
         keep = i == 0
         ours = _aggregator_replay(ctx, messages, ds.start_ms, keep=keep)
-        topics, group = run_ids("quix")
-        theirs = replay(
-            name="Quix Streams peer",
-            bootstrap=ctx.bootstrap,
-            topics=topics,
-            group=group,
-            start=peer_starter(
-                ctx.bootstrap, topics, group, ctx.work / f"quix-{group}", ctx.log_dir, str(python)
-            ),
-            messages=messages,
-            probe=probe_message(ds.start_ms),
-            output_topic=topics.windows,
-            keep_windows=keep,
-        )
-        if keep:
-            equality = compare(ours.windows, theirs.windows, sample=5000, seed=random.randrange(99))
         ours_runs.append(ours.figures())
-        peer_runs.append(theirs.figures())
+        for name, python in pythons.items():
+            p = peer_env.PEERS[name]
+            topics, group = run_ids(name)
+            theirs = replay(
+                name=f"{p.title} peer",
+                bootstrap=ctx.bootstrap,
+                topics=topics,
+                group=group,
+                start=peer_starter(
+                    p,
+                    ctx.bootstrap,
+                    topics,
+                    group,
+                    ctx.work / f"{name}-{group}",
+                    ctx.log_dir,
+                    str(python),
+                ),
+                messages=messages,
+                probe=probe_message(ds.start_ms),
+                output_topic=topics.windows,
+                keep_windows=keep,
+            )
+            runs[name].append(theirs.figures())
+            if keep:
+                # Quix's lateness rule is ours (per window); Bytewax's is per report.
+                late = late_in_ours if name == "bytewax" else None
+                equality[name] = compare(
+                    ours.windows,
+                    theirs.windows,
+                    sample=5000,
+                    seed=random.randrange(99),
+                    late_in_ours=late,
+                )
     ours_median = median_of_runs(ours_runs)
-    peer_median = median_of_runs(peer_runs)
+    for name in pythons:
+        median = median_of_runs(runs[name])
+        peers[name] = {
+            "title": peer_env.PEERS[name].title,
+            "status": "ok",
+            "runs": runs[name],
+            "median": median,
+            "ratio_ours_to_peer": round(ours_median["events_per_s"] / median["events_per_s"], 2),
+            "equality": equality[name],
+        }
     return {
-        "what": "the same log through queuewatch aggregator and through the Quix Streams peer "
-        "(benchmarks/peers/quix_aggregator.py), each 1 process",
+        "what": "the same log through queuewatch aggregator and through each peer "
+        "(benchmarks/peers/: Quix Streams, Bytewax), each 1 process, runs interleaved",
         "dataset": {
             "reports": len(messages),
             "crossings": plan.peer_crossings,
             "span_hours": ds.spec.span_hours,
             "duplicates": ds.duplicates,
+            "windows_with_reports_beyond_grace": len(late_in_ours),
         },
         "ours": {"runs": ours_runs, "median": ours_median},
-        "peer": {"runs": peer_runs, "median": peer_median},
-        "ratio_ours_to_peer": round(ours_median["events_per_s"] / peer_median["events_per_s"], 2),
-        "equality": equality,
+        "peers": peers,
     }
+
+
+def _decoded(messages: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    """The log's reports, decoded, in log order."""
+    schema = default_registry().latest(QUEUE_REPORT)
+    return [decode(value, schema) for _key, value in messages]

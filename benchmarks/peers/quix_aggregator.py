@@ -25,39 +25,29 @@ updates per report. Windows still open at the end of the input are not emitted. 
 de-duplication state is never evicted (the benchmark's input spans two days).
 
 Runs in its own venv (benchmarks/peers/requirements.txt), because quixstreams pins
-versions queuewatch cannot share; it therefore imports nothing from queuewatch.
+versions queuewatch cannot share; it therefore imports nothing from queuewatch. The window
+values and the Avro framing are shared with the Bytewax peer (``window_values``). Start it as
+``python -m benchmarks.peers.quix_aggregator`` from the repository root.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-import fastavro
-from ddsketch.mapping import LogarithmicMapping
-from fastavro.schema import fingerprint, to_parsing_canonical_form
 from quixstreams import Application
 from quixstreams.models.serializers import Deserializer, Serializer
 
-MAGIC = b"\xc3\x01"
-MINUTE = 60_000
-HOUR = 60 * MINUTE
-#: name -> (size, step), as the aggregator's defaults (issue 4).
-WINDOWS = {"1h": (HOUR, 5 * MINUTE), "3h": (3 * HOUR, 15 * MINUTE), "24h": (24 * HOUR, HOUR)}
-GRACE_MS = 2 * HOUR
-MAPPING = LogarithmicMapping(0.01)
-
-
-def load_schema(path: Path) -> tuple[Any, bytes]:
-    """A parsed schema and its 8-byte CRC-64-AVRO fingerprint, as queuewatch computes it."""
-    raw = json.loads(path.read_text())
-    fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
-    return fastavro.parse_schema(raw), fp
+from benchmarks.peers.window_values import (
+    GRACE_MS,
+    WINDOWS,
+    ReportDecoder,
+    WindowEncoder,
+    compact,
+    window_records,
+)
 
 
 class AvroReportDeserializer(Deserializer):
@@ -65,26 +55,20 @@ class AvroReportDeserializer(Deserializer):
 
     def __init__(self, schemas_dir: Path) -> None:
         super().__init__()
-        self.schema, self.fp = load_schema(schemas_dir / "queue_report.avsc")
+        self.decode = ReportDecoder(schemas_dir)
 
     def __call__(self, value: bytes, ctx: Any) -> Any:
-        if value[:2] != MAGIC or value[2:10] != self.fp:
-            raise ValueError("not a QueueReport v1 single-object payload")
-        return fastavro.schemaless_reader(io.BytesIO(value[10:]), self.schema, None)
+        return self.decode(value)
 
 
 class AvroWindowSerializer(Serializer):
     """CrossingWindow dict -> single-object Avro bytes."""
 
     def __init__(self, schemas_dir: Path) -> None:
-        self.schema, self.fp = load_schema(schemas_dir / "crossing_window.avsc")
+        self.encode = WindowEncoder(schemas_dir)
 
     def __call__(self, value: Any, ctx: Any) -> bytes:
-        buf = io.BytesIO()
-        buf.write(MAGIC)
-        buf.write(self.fp)
-        fastavro.schemaless_writer(buf, self.schema, value)
-        return buf.getvalue()
+        return self.encode(value)
 
 
 def first_arrival(report: dict[str, Any], state: Any) -> bool:
@@ -96,101 +80,9 @@ def first_arrival(report: dict[str, Any], state: Any) -> bool:
     return True
 
 
-def compact(r: dict[str, Any]) -> list[Any]:
-    """The fields the windows need, as a short list: it is stored once per report per window
-    family, so a small value keeps the state store's writes small."""
-    group = f"{r['from_country']}|{r['to_country']}|{r['traffic_class']}"
-    return [group, r["observed_at"], r["source"]["name"], r["wait_minutes"],
-            r["queue_vehicles"], r["queue_length_km"], r["status"]]  # fmt: skip
-
-
-def quantile(values: list[int], q: float) -> float | None:
-    """DDSketch's answer (1 % relative accuracy): rank q·(n-1) over the zero bucket, then bins."""
-    if not values:
-        return None
-    zero = 0
-    bins: dict[int, int] = {}
-    for w in values:
-        if w > MAPPING.min_possible:
-            k = MAPPING.key(w)
-            bins[k] = bins.get(k, 0) + 1
-        else:
-            zero += 1
-    rank = q * (len(values) - 1)
-    if rank < zero:
-        return 0.0
-    rank -= zero
-    running = 0
-    for k in sorted(bins):
-        running += bins[k]
-        if running > rank:
-            return float(MAPPING.value(k))
-    return float(MAPPING.value(max(bins)))
-
-
-def _last(pairs: list[tuple[int, Any]]) -> Any:
-    """Value with the latest observed_at; ties go to the later one in the log (max is stable
-    on the first maximum, so scan for the last)."""
-    best_t, best = None, None
-    for t, v in pairs:
-        if best_t is None or t >= best_t:
-            best_t, best = t, v
-    return best
-
-
-def summarize(group: list[list[Any]]) -> dict[str, Any]:
-    """The metrics of one window for one (direction, class), from its reports in log order."""
-    waits = [(r[1], r[3]) for r in group if r[3] is not None]
-    vehicles = [(r[1], r[4]) for r in group if r[4] is not None]
-    lengths = [(r[1], r[5]) for r in group if r[5] is not None]
-    statuses = [(r[1], r[6]) for r in group if r[6] != "unknown"]
-    w = [v for _, v in waits]
-    veh = [v for _, v in vehicles]
-    km = [v for _, v in lengths]
-    return {
-        "reports": len(group),
-        "sources": len({r[2] for r in group}),
-        "wait_minutes_min": min(w) if w else None,
-        "wait_minutes_max": max(w) if w else None,
-        "wait_minutes_avg": sum(w) / len(w) if w else None,
-        "wait_minutes_p50": quantile(w, 0.5),
-        "wait_minutes_p90": quantile(w, 0.9),
-        "wait_minutes_last": _last(waits),
-        "queue_vehicles_max": max(veh) if veh else None,
-        "queue_vehicles_avg": sum(veh) / len(veh) if veh else None,
-        "queue_vehicles_last": _last(vehicles),
-        "queue_length_km_max": max(km) if km else None,
-        "queue_length_km_avg": sum(km) / len(km) if km else None,
-        "queue_length_km_last": _last(lengths),
-        "status_last": _last(statuses) or "unknown",
-        "last_observed_at": max(r[1] for r in group),
-    }
-
-
 def to_records(size_name: str, crossing: str, window: dict[str, Any]) -> list[dict[str, Any]]:
     """One CrossingWindow record per (direction, class) of a closed window."""
-    now = int(time.time() * 1000)
-    groups: dict[str, list[list[Any]]] = {}
-    for r in window["value"]:
-        groups.setdefault(r[0], []).append(r)
-    out = []
-    for group, reports in groups.items():
-        frm, to, cls = group.split("|")
-        out.append(
-            {
-                "crossing_id": crossing,
-                "from_country": frm,
-                "to_country": to,
-                "traffic_class": cls,
-                "window_size": size_name,
-                "window_start": window["start"],
-                "window_end": window["end"],
-                **summarize(reports),
-                "version": 1,
-                "updated_at": now,
-            }
-        )
-    return out
+    return window_records(size_name, crossing, window["start"], window["end"], window["value"])
 
 
 def build(args: argparse.Namespace) -> Application:
