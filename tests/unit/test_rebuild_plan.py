@@ -68,3 +68,14 @@ def test_a_missing_or_foreign_view_is_refused_with_what_to_do() -> None:
         shadow_view_sql(FakeClient(None), "queuewatch")
     with pytest.raises(RebuildError, match="does not read"):
         shadow_view_sql(FakeClient("SELECT 1 FROM elsewhere.t"), "queuewatch")
+
+
+def test_only_the_aggregators_own_topics_are_reset_never_a_group_with_a_longer_name() -> None:
+    from queuewatch.operations.rebuild import aggregator_topics
+
+    topics = aggregator_topics("queuewatch-aggregator")
+    assert topics == [
+        "queuewatch-aggregator-crossing-state-changelog",
+        "queuewatch-aggregator-__assignor-__leader",
+    ]
+    assert not [t for t in topics if t.startswith("queuewatch-aggregator-2")]

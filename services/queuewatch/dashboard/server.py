@@ -165,6 +165,9 @@ class DashboardHandler(BaseHTTPRequestHandler):
     server: DashboardServer
     server_version = "queuewatch-dashboard"
     sys_version = ""
+    #: Seconds a connection may take to send its request: a client that opens connections
+    #: and sends nothing cannot hold threads for ever.
+    timeout = 10
 
     def do_HEAD(self) -> None:
         self._serve(head=True)

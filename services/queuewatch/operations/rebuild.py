@@ -212,9 +212,10 @@ class KafkaOffsets:
                     f"consumer group {group} not deleted ({error}); is a member still running?"
                 )
 
-    def delete_topics_of(self, prefix: str, timeout_s: float = 60.0) -> list[str]:
-        """Delete every topic whose name starts with ``prefix`` and wait until they are gone."""
-        names = [t for t in self.admin.list_topics() if t.startswith(prefix)]
+    def delete_topics(self, wanted: list[str], timeout_s: float = 60.0) -> list[str]:
+        """Delete those of ``wanted`` that exist and wait until they are gone."""
+        existing = set(self.admin.list_topics())
+        names = [t for t in wanted if t in existing]
         if names:
             self.admin.delete_topics(names)
         deadline = time.monotonic() + timeout_s
@@ -223,6 +224,17 @@ class KafkaOffsets:
                 raise RebuildError(f"topics {names} were not deleted within {timeout_s:.0f} s")
             time.sleep(0.5)
         return names
+
+
+def aggregator_topics(group: str) -> list[str]:
+    """The topics faust makes for the aggregator app ``group``: its state and its leader topic.
+
+    Named exactly, not by prefix, so another deployment's group that merely starts with the
+    same name on a shared broker is never touched.
+    """
+    from queuewatch.aggregator.storage import TABLE_NAME
+
+    return [f"{group}-{TABLE_NAME}-changelog", f"{group}-__assignor-__leader"]
 
 
 def behind(target: dict[int, int], committed: dict[int, int]) -> int:
@@ -514,7 +526,7 @@ class Rebuild:
         windows_from = kafka.ends(common.windows_topic)
         # From the first report, with today's settings: the old state must not be restored.
         kafka.delete_groups([common.aggregator_group])
-        deleted = kafka.delete_topics_of(f"{common.aggregator_group}-")
+        deleted = kafka.delete_topics(aggregator_topics(common.aggregator_group))
         log.info("reset the aggregator: group %s and topics %s", common.aggregator_group, deleted)
         shutil.rmtree(
             Path(common.home).resolve() / "aggregator" / common.aggregator_group,
@@ -559,7 +571,7 @@ class Rebuild:
                 aggregator.kill()
                 aggregator.wait()
             with contextlib.suppress(Exception):
-                kafka.delete_topics_of(letters)
+                kafka.delete_topics([letters])
         return windows_from
 
     def _aggregator_log(self) -> Path:
