@@ -315,8 +315,8 @@ def _report_expired(bootstrap: str, spec: SinkSpec, security: KafkaSecurity) -> 
     log.error(
         "%s sink: %d records of %s expired unread while the sink was down (%s), past the "
         "topic's retention; the sink goes on from the oldest kept record. Windows whose last "
-        "update was among them are stale: rebuild them from the log with a new aggregator "
-        "group (docs/reliability.md, 'Short window retention')",
+        "update was among them are stale: rebuild them from the log with `queuewatch rebuild "
+        "--windows` (docs/operations.md, 'Rebuilding the projections')",
         spec.kind,
         sum(gaps.values()),
         spec.topic,
