@@ -207,7 +207,11 @@ def summary(result: dict[str, Any], result_path: str) -> str:
             f"| metrics cost (dense replay, scraped every 1 s) | aggregator events/s off / on | "
             f"{_fmt(cost['off']['median']['events_per_s'])} / "
             f"{_fmt(cost['on']['median']['events_per_s'])} "
-            f"({cost['cost_share'] * 100:.1f} % less) |"
+            + (
+                f"({cost['cost_share'] * 100:.1f} % less) |"
+                if cost["cost_share"] >= 0
+                else f"(on was {-cost['cost_share'] * 100:.1f} % faster: no measurable cost) |"
+            )
         )
     query = sc.get("query")
     if _ok(query):
