@@ -50,7 +50,7 @@ from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors, connect
 from queuewatch.clickhouse.endpoint import socket_path
 from queuewatch.clickhouse.migrations import migrate
 from queuewatch.clickhouse.query import QueryService
-from queuewatch.errors import ConfigurationError, QueuewatchError
+from queuewatch.errors import QueuewatchError
 from queuewatch.kafka.security import KafkaSecurity
 from queuewatch.settings import CommonSettings, QuerySettings, SinkSettings
 
@@ -426,14 +426,14 @@ class Rebuild:
                 "`docker compose stop aggregator window-sink`)"
             )
 
-    def _sink(self, kind: str, url: str, group: str, topic: str | None = None) -> Any:
+    def _sink(self, kind: str, url: str, group: str, topic: str, into_shadow: bool) -> Any:
+        """A sink of ``kind`` in ``group``, writing the shadow table or the live one."""
         from queuewatch.sinks.runner import build_checkpointer, default_writer, sink_spec
 
         spec = sink_spec(kind, self.common, self.sink_settings.sink_max_partitions_per_insert)  # type: ignore[arg-type]
-        table = spec.table.split(".", 1)
-        spec = replace(
-            spec, group=group, table=f"{table[0]}.{shadow(table[1])}", topic=topic or spec.topic
-        )
+        database, table = spec.table.split(".", 1)
+        target = f"{database}.{shadow(table)}" if into_shadow else spec.table
+        spec = replace(spec, group=group, table=target, topic=topic)
         client = connect(url)
         checkpointer = build_checkpointer(
             spec, self.common, self.sink_settings, default_writer(client, spec), AlreadyLettered()
@@ -448,9 +448,13 @@ class Rebuild:
         group: str,
         topic: str,
         done: Callable[[], tuple[int, int, bool]],
+        into_shadow: bool = True,
     ) -> None:
-        """Run one shadow sink in a thread until ``done`` says (done, total, finished)."""
-        checkpointer, client = self._sink(kind, url, group, topic)
+        """Run one sink in a thread until ``done`` says (done, total, finished).
+
+        A sink that fails ends the rebuild with its error, never a wait for ever.
+        """
+        checkpointer, client = self._sink(kind, url, group, topic, into_shadow)
         stop = threading.Event()
         failures: list[BaseException] = []
 
@@ -478,7 +482,12 @@ class Rebuild:
                 client.close()
 
     def _rebuild_raw(
-        self, kafka: KafkaOffsets, url: str, group: str, target: dict[int, int]
+        self,
+        kafka: KafkaOffsets,
+        url: str,
+        group: str,
+        target: dict[int, int],
+        into_shadow: bool = True,
     ) -> None:
         topic = self.common.reports_topic
         total = behind(target, {})
@@ -487,37 +496,18 @@ class Rebuild:
             left = behind(target, kafka.committed(group, topic))
             return total - left, total, left == 0
 
-        self._drain("raw reports", url, "raw", group, topic, done)
+        stage = "raw reports" if into_shadow else "raw reports written meanwhile"
+        self._drain(stage, url, "raw", group, topic, done, into_shadow)
 
     def _catch_up_raw(self, kafka: KafkaOffsets, url: str, group: str) -> None:
-        """On a server: what the live raw sink wrote into the old table during the rebuild."""
-        topic = self.common.reports_topic
-        target = kafka.ends(topic)
-        self._rebuild_raw_into_live(kafka, url, group, topic, target)
+        """On a server: what the live raw sink wrote into the old table during the rebuild.
 
-    def _rebuild_raw_into_live(
-        self, kafka: KafkaOffsets, url: str, group: str, topic: str, target: dict[int, int]
-    ) -> None:
-        from queuewatch.sinks.runner import build_checkpointer, default_writer, sink_spec
-
-        spec = replace(
-            sink_spec("raw", self.common, self.sink_settings.sink_max_partitions_per_insert),
-            group=group,
+        The rebuild's group goes on from where it stopped, to the end of the log now, into
+        the table that is live since the swap (it keeps one row per event id).
+        """
+        self._rebuild_raw(
+            kafka, url, group, kafka.ends(self.common.reports_topic), into_shadow=False
         )
-        client = connect(url)
-        checkpointer = build_checkpointer(
-            spec, self.common, self.sink_settings, default_writer(client, spec), AlreadyLettered()
-        )
-        stop = threading.Event()
-        thread = threading.Thread(target=checkpointer.run, args=(stop,), daemon=True)
-        thread.start()
-        try:
-            while behind(target, kafka.committed(group, topic)) > 0:
-                time.sleep(POLL_S)
-        finally:
-            stop.set()
-            thread.join()
-            client.close()
 
     def _rebuild_windows(
         self, kafka: KafkaOffsets, url: str, group: str, reports_end: dict[int, int]
@@ -618,9 +608,3 @@ class AlreadyLettered:
 def new_stamp() -> str:
     """A name part for this rebuild's tables and groups: the UTC time, to the second."""
     return time.strftime("%Y%m%d%H%M%S", time.gmtime())
-
-
-def check_plan(plan: RebuildPlan) -> None:
-    """Refuse plans that cannot mean anything."""
-    if not plan.stamp.isalnum():
-        raise ConfigurationError(f"the rebuild stamp must be letters and digits: {plan.stamp!r}")
