@@ -98,6 +98,11 @@ class CommonSettings(BaseSettings):
     windows_topic: str = Field(
         "crossing-windows", description="Window aggregates emitted by the aggregator."
     )
+    contributions_topic: str = Field(
+        "crossing-contributions",
+        description="The accepted reports as the aggregator counted them, when "
+        "QUEUEWATCH_AGGREGATOR_OUTPUT is contributions: the sink assembles the windows from them.",
+    )
     windows_retention_days: float = Field(
         30.0,
         description="How long crossing-windows keeps window updates: the longest window-sink "
@@ -428,6 +433,13 @@ class AggregatorSettings(BaseSettings):
         "",
         description="How long (event time) an event_id is remembered to drop re-sends; empty "
         "means the largest window plus the grace, the shortest that keeps windows exact.",
+    )
+    aggregator_output: Literal["windows", "contributions"] = Field(
+        "windows",
+        description="What the aggregator emits: every changed window (windows), or each "
+        "accepted report once with what its acceptance decided (contributions), from which "
+        "the sink assembles the same windows in ClickHouse: one message per report instead "
+        "of one per window it lies in. Part of the state: a change needs a new aggregator group.",
     )
     aggregator_flush_interval_s: float = Field(
         1.0,

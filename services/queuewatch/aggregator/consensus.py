@@ -10,9 +10,13 @@ reports of different sources arrived.
 
 The rule (documented in ``docs/consumers.md``; weights and thresholds are settings):
 
-* **Weight** of a source's value: ``credibility[type] * 0.5 ** (age / half_life)``, where the
-  age is event time, from that value's ``observed_at`` to the window's newest report (never the
-  wall clock: the log alone decides).
+* **Weight** of a source's value: its type's credibility, halved every ``half_life`` of age and
+  linear in between (``credibility * 2 ** -k * (1 - f / 2)`` for an age of ``k + f`` half-lives,
+  ``0 <= f < 1``), where the age is event time, from that value's ``observed_at`` to the
+  window's newest report (never the wall clock: the log alone decides). Only exactly rounded
+  operations (``+ - * /`` and a power of two), so ClickHouse computes the same weights to the
+  last bit when it assembles windows from the log (``clickhouse/assembly``); ``0.5 ** x``
+  differed from ClickHouse's ``pow`` in 0.5 % of ages, enough to move a median on a tie.
 * **Consensus** of a metric: the weighted median of the latest per-source values (values sorted,
   ties by source name; the first value whose running weight reaches half the total). One wild
   value moves it at most to its neighbour, so a crowd report far off the official figure cannot
@@ -37,6 +41,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
+from math import ldexp
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -162,9 +168,16 @@ class ConsensusRules:
     weighty_share: float = 0.25
 
     def weight(self, source_type: str, age_ms: int) -> float:
-        """Credibility times recency; an unknown type counts as crowd, the least trusted."""
+        """Credibility times recency; an unknown type counts as crowd, the least trusted.
+
+        The recency is spelled out operation by operation as ``clickhouse/assembly`` writes it
+        in SQL (the same IEEE operations in the same order give the same bits).
+        """
         base = self.credibility.get(source_type, self.credibility.get("crowd", 0.0))
-        return base * 0.5 ** (max(0, age_ms) / self.half_life_ms) if self.half_life_ms else base
+        if not self.half_life_ms:
+            return base
+        k, rest = divmod(max(0, age_ms), self.half_life_ms)
+        return base * ldexp(1.0 - (rest / self.half_life_ms) / 2, -k)
 
 
 @dataclass(frozen=True)
@@ -220,16 +233,16 @@ def weighted_median(values: list[tuple[Any, str, float]]) -> Any | None:
     the result depends on the set of readings only.
     """
     items = sorted((v, name, w) for v, name, w in values if w > 0)
-    total = sum(w for _, _, w in items)
-    if not items or total <= 0:
+    if not items:
         return None
-    half = total / 2
-    running = 0.0
-    for value, _, w in items:
-        running += w
-        if running >= half:
+    # One left-to-right running sum, the total its last term: what SQL's arrayCumSum gives
+    # (``sum`` of floats is compensated from Python 3.12 on, so it could differ in the last bit).
+    running = list(accumulate(w for _, _, w in items))
+    half = running[-1] / 2
+    for (value, _, _), r in zip(items, running, strict=True):
+        if r >= half:
             return value
-    return items[-1][0]  # pragma: no cover - rounding: running ends at total >= half
+    return items[-1][0]  # pragma: no cover - running ends at its total, which is >= half
 
 
 def _metric(readings: Readings, index: int, ref_ms: int, rules: ConsensusRules) -> Any | None:
@@ -249,9 +262,16 @@ def _spread(values: list[Any]) -> float | None:
     return (hi - min(values)) / hi if hi else 0.0
 
 
-def _minutes(value: float) -> str:
-    """A wait for a sentence: minutes below two hours, else hours."""
-    return f"{value:.0f} min" if value < 120 else f"{value / 60:.1f} h"
+def _minutes(value: int) -> str:
+    """A wait (whole minutes) for a sentence: minutes below two hours, else hours.
+
+    Hours are rounded half up in integers (123 min is 2.1 h), which SQL can say the same way;
+    a float's ``:.1f`` rounds the binary value of ``123 / 60`` instead (2.0 h).
+    """
+    if value < 120:
+        return f"{value} min"
+    tenths = (value * 10 + 30) // 60
+    return f"{tenths // 10}.{tenths % 10} h"
 
 
 def _age(ms: int) -> str:

@@ -93,3 +93,16 @@ class QuantileSketch:
         sketch.bins = {int(k): int(n) for k, n in zip(it, it, strict=True)}
         sketch.count = sketch.zeros + sum(sketch.bins.values())
         return sketch
+
+
+def wait_bin(wait: int | None) -> float | None:
+    """The value the sketch reports for the bin holding ``wait`` (0.0 for zero; None for none).
+
+    What a window assembled from contributions sorts to pick a percentile
+    (``clickhouse/assembly``): the walk of :meth:`QuantileSketch.quantile` over unit counts.
+    """
+    if wait is None:
+        return None
+    if wait <= _MIN_POSITIVE:
+        return 0.0
+    return bin_value(bin_key(wait))

@@ -93,6 +93,10 @@ class AggregationConfig:
     consensus: ConsensusRules = field(default_factory=ConsensusRules, compare=False)
     #: families no longer than this get a consensus (the "now" windows: 1 h and 3 h)
     consensus_max_size: int = field(default=3 * 3_600_000, compare=False)
+    #: keep panes and produce windows (output ``windows``); False when the aggregator emits
+    #: contributions and ClickHouse assembles the windows: then a report changes only the
+    #: watermark, the event ids and the counters (part of ``spec``, so of the state's identity)
+    panes: bool = True
     #: ``(family, pane length)`` per family: read for every report, so computed once
     layout: tuple[tuple[WindowFamily, int], ...] = field(init=False, repr=False, compare=False)
     #: the largest window size
@@ -114,8 +118,14 @@ class AggregationConfig:
         grace: str,
         dedup_horizon: str = "",
         consensus: ConsensusRules | None = None,
+        panes: bool = True,
     ) -> AggregationConfig:
-        """Build from the settings' strings (``"1h:1h:5m,..."``, ``"2h"``)."""
+        """Build from the settings' strings (``"1h:1h:5m,..."``, ``"2h"``).
+
+        ``panes=False`` (output ``contributions``) adds ``;out=contributions`` to the spec, so
+        a state built for the other output is refused at load (its windows or contributions
+        were never emitted for the reports it holds): the other output needs a new group.
+        """
         families = parse_families(windows)
         grace_ms = parse_duration_ms(grace)
         largest = max(f.size for f in families)
@@ -123,7 +133,9 @@ class AggregationConfig:
         # Shorter would let a re-send count again inside a window that is still open.
         horizon = max(horizon, largest + grace_ms)
         spec = f"{','.join(f'{f.name}:{f.size}:{f.step}' for f in families)};grace={grace_ms}"
-        return cls(families, grace_ms, horizon, spec, consensus or ConsensusRules())
+        if not panes:
+            spec += ";out=contributions"
+        return cls(families, grace_ms, horizon, spec, consensus or ConsensusRules(), panes=panes)
 
 
 @dataclass
@@ -231,8 +243,9 @@ class CrossingState:
         self.seq += 1
         seq = self.seq
         lane_key = (record["from_country"], record["to_country"], record["traffic_class"])
+        keep_panes = self.config.panes
         lane = self.lanes.get(lane_key)
-        if lane is None:
+        if lane is None and keep_panes:
             lane = self.lanes[lane_key] = [FamilyState() for _ in self.config.families]
         source = record["source"]["name"]
         source_type = record["source"]["type"]
@@ -242,9 +255,7 @@ class CrossingState:
         status = record.get("status") or "unknown"
         late = False
         mask = 0  # the families that count it (bit i: family i)
-        for index, ((fam, pane_len), fstate) in enumerate(
-            zip(self.config.layout, lane, strict=True)
-        ):
+        for index, (fam, pane_len) in enumerate(self.config.layout):
             if maybe_late and (
                 fam.first_window_start(t) + fam.size + grace <= wm0
                 or fam.first_window_start(t) <= sealed
@@ -253,6 +264,10 @@ class CrossingState:
                 last = fam.last_window_start(t)
                 if last + fam.size + grace <= wm0 or last <= sealed:
                     continue  # every window containing t is closed: the pane is not needed
+            mask |= 1 << index
+            if not keep_panes:
+                continue
+            fstate = lane[index]  # type: ignore[index]
             p = t - t % pane_len
             pane = fstate.panes.get(p)
             if pane is None:
@@ -264,7 +279,6 @@ class CrossingState:
                 source_type if self.config.judged[index] else None,
             )  # fmt: skip
             fstate.dirty.setdefault(p, wm0)
-            mask |= 1 << index
         self.counters.accepted += 1
         if late:
             self.counters.late += 1

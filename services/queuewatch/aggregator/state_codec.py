@@ -389,6 +389,8 @@ def rebuild(
         # ``kind``: the source type (consensus), absent in records written before it
         source_type = kind[0] if kind else "crowd"
         dedup[event_id] = wm1
+        if not config.panes:
+            continue  # output ``contributions``: the state keeps no panes
         key = (lane_key[0], lane_key[1], lane_key[2])
         lane = lanes.get(key)
         if lane is None:

@@ -22,6 +22,7 @@ from queuewatch.resources import schemas_dir
 
 QUEUE_REPORT = "org.queuewatch.v1.QueueReport"
 CROSSING_WINDOW = "org.queuewatch.v1.CrossingWindow"
+CROSSING_CONTRIBUTION = "org.queuewatch.v1.CrossingContribution"
 
 
 class SchemaError(QueuewatchError):
