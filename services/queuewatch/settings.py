@@ -134,6 +134,11 @@ class CommonSettings(BaseSettings):
     window_sink_group: str = Field(
         "queuewatch-window-sink", description="Consumer group of the window sink."
     )
+    contributions_sink_group: str = Field(
+        "queuewatch-contributions-sink",
+        description="Consumer group of the contributions sink (which also writes the windows "
+        "it assembles from them).",
+    )
 
     stall_timeout_s: float = Field(
         60.0,

@@ -65,10 +65,13 @@ def containing(at: int) -> list[tuple[str, int, int]]:
     return out
 
 
+@pytest.mark.parametrize("output", ["windows", "contributions"])
 def test_a_late_report_within_grace_corrects_an_ended_window_and_a_later_one_only_open_windows(
-    bootstrap: str, tmp_path: Path
+    bootstrap: str, tmp_path: Path, output: str
 ) -> None:
-    env = new_env(bootstrap, tmp_path)
+    """Both outputs: the windows emitted by the aggregator, or assembled in ClickHouse from
+    its contributions (``QUEUEWATCH_AGGREGATOR_OUTPUT``), give the same rows."""
+    env = new_env(bootstrap, tmp_path, QUEUEWATCH_AGGREGATOR_OUTPUT=output)
     settings = CommonSettings(
         kafka_bootstrap=bootstrap,
         reports_topic=env.reports_topic,
@@ -76,7 +79,12 @@ def test_a_late_report_within_grace_corrects_an_ended_window_and_a_later_one_onl
         windows_topic=env.windows_topic,
     )
     aggregator = AggregatorProcess(
-        settings, tmp_path, f"agg-{env.suffix}", QUEUEWATCH_AGGREGATOR_GRACE="30m"
+        settings,
+        tmp_path,
+        f"agg-{env.suffix}",
+        QUEUEWATCH_AGGREGATOR_GRACE="30m",
+        QUEUEWATCH_AGGREGATOR_OUTPUT=output,
+        QUEUEWATCH_CONTRIBUTIONS_TOPIC=env.contributions_topic,
     )
     now = int(time.time() * 1000)
     ten = now - now % (24 * HOUR) - 2 * 24 * HOUR + 10 * HOUR  # 10:00 UTC two days ago
@@ -132,6 +140,9 @@ def test_a_late_report_within_grace_corrects_an_ended_window_and_a_later_one_onl
             assert key in got, key  # A or C made them
             assert got[key]["wait_minutes_max"] != 999, key
         assert got[hour]["reports"] == 2 and got[hour]["wait_minutes_max"] == 300
+        # where the rows came from: five contributions, or none
+        (stored,) = query_rows(env, "SELECT count() AS n FROM crossing_contributions FINAL")
+        assert int(stored["n"]) == (5 if output == "contributions" else 0)
     finally:
         aggregator.stop()
         if sinks.alive():

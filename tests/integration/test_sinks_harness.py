@@ -55,6 +55,10 @@ class SinkEnv:
         return f"dlq-{self.suffix}"
 
     @property
+    def contributions_topic(self) -> str:
+        return f"contributions-{self.suffix}"
+
+    @property
     def raw_group(self) -> str:
         return f"raw-sink-{self.suffix}"
 
@@ -73,6 +77,8 @@ class SinkEnv:
             QUEUEWATCH_DLQ_TOPIC=self.dlq_topic,
             QUEUEWATCH_RAW_SINK_GROUP=self.raw_group,
             QUEUEWATCH_WINDOW_SINK_GROUP=self.window_group,
+            QUEUEWATCH_CONTRIBUTIONS_TOPIC=self.contributions_topic,
+            QUEUEWATCH_CONTRIBUTIONS_SINK_GROUP=f"contributions-sink-{self.suffix}",
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra)
@@ -84,6 +90,7 @@ class SinkEnv:
             [
                 TopicSpec(self.reports_topic, partitions),
                 TopicSpec(self.windows_topic, partitions),
+                TopicSpec(self.contributions_topic, partitions),
                 TopicSpec(self.dlq_topic, 1),
             ],
         )

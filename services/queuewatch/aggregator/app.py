@@ -19,6 +19,7 @@ import asyncio
 import gc
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ import faust
 from queuewatch.aggregator import checkpoint, storage
 from queuewatch.aggregator.bound import STATE_TOO_LARGE, Step, fit_prefix
 from queuewatch.aggregator.consensus import consensus_rules
+from queuewatch.aggregator.contributions import contribution_row
 from queuewatch.aggregator.emission import Emission
-from queuewatch.aggregator.emit import send_records
+from queuewatch.aggregator.emit import WindowBatches, send_records
 from queuewatch.aggregator.gaps import GapProbe
 from queuewatch.aggregator.intake import (
     Accepted,
@@ -44,7 +46,7 @@ from queuewatch.aggregator.state import NO_WATERMARK, AggregationConfig, Crossin
 from queuewatch.aggregator.storage import TABLE_NAME, StateStore
 from queuewatch.aggregator.transport import SCHEME
 from queuewatch.aggregator.window_codec import window_encoder
-from queuewatch.contract.schemas import CROSSING_WINDOW, default_registry
+from queuewatch.contract.schemas import CROSSING_CONTRIBUTION, CROSSING_WINDOW, default_registry
 from queuewatch.errors import ConfigurationError
 from queuewatch.kafka.security import KafkaSecurity, RefusalLog, describe_failure
 from queuewatch.kafka.topics import MAX_RECORD_BYTES, max_message_bytes, replication
@@ -92,6 +94,15 @@ def topic_partitions(bootstrap: str, topic: str, security: KafkaSecurity | None 
     return len(partitions)
 
 
+@dataclass
+class _Batch:
+    """What applying a batch left to write: per touched crossing, its partition and whether
+    its windows changed; and the dead letters."""
+
+    changes: list[tuple[str, int, bool]]
+    dead: list[DeadLetter]
+
+
 class Aggregator:
     """Wires the pure state to faust: the agent, the table, the timers, the callbacks."""
 
@@ -114,7 +125,14 @@ class Aggregator:
             settings.aggregator_grace,
             settings.aggregator_dedup_horizon,
             consensus_rules(settings),
+            panes=settings.aggregator_output == "windows",
         )
+        #: output ``contributions``: each accepted report once, sent before its state is
+        #: written (so a durable state never holds a report whose contribution was lost)
+        self.contributions = settings.aggregator_output == "contributions"
+        self.encode_contribution = window_encoder(default_registry().latest(CROSSING_CONTRIBUTION))
+        #: (partition, offset) -> contribution row of the batch being applied
+        self._pending: dict[tuple[int, int], dict[str, Any]] = {}
         self.reader = reader_schema()
         self.window_schema = default_registry().latest(CROSSING_WINDOW)
         #: decoded states of the crossings in memory (the table holds their records)
@@ -321,7 +339,11 @@ class Aggregator:
                 with steps.doing("waiting for a window emission to finish"):
                     await self._emit_lock.acquire()
                 try:
-                    writes = self._process(fresh)
+                    batch = self._apply(fresh)
+                    if self._pending:
+                        with steps.doing("waiting for the broker to acknowledge contributions"):
+                            await self._send_contributions()
+                    writes = self._write(batch)
                     with steps.doing("waiting for the broker to acknowledge the batch's writes"):
                         await checkpoint.wait_durable(writes)
                     self.store.commit()
@@ -370,10 +392,20 @@ class Aggregator:
             self.app.producer, self.table.changelog_topic.get_topic_name(), self.store.take()
         )
 
-    def _process(self, events: list[Any]) -> list[Any]:
-        """Steps 2 and 3 of the checkpoint protocol; returns the writes to wait for."""
-        writes: list[Any] = []
-        self._send_positions()  # of the previous batch, durable by now
+    async def _send_contributions(self) -> None:
+        """Send the batch's contributions and wait for the broker's acks (before its state)."""
+        pending, self._pending = self._pending, {}
+        now = int(time.time() * 1000)
+        topic = self.common.contributions_topic
+        out = await WindowBatches.for_app(self.app.producer, topic)
+        encode = self.encode_contribution
+        for row in pending.values():
+            row["updated_at"] = now
+            await out.add(row["crossing_id"].encode(), encode(row))
+        await out.finish()
+
+    def _apply(self, events: list[Any]) -> _Batch:
+        """Step 2 of the checkpoint protocol: decode, validate, apply; bound the states."""
         raw = []
         for event in events:
             m = event.message
@@ -396,6 +428,8 @@ class Aggregator:
         replayed = 0
         clocks = self._clocks
         before: list[int] = []  # each report's partition clock before it (see bound)
+        contributions = self.contributions
+        grace = self.config.grace
         for item in accepted:
             record = item.record
             cid = record["crossing_id"]
@@ -407,7 +441,12 @@ class Aggregator:
             before.append(clock)
             if item.offset > state.applied.get(partition, -1):  # a replay changes nothing
                 state.seal_if_idle(clock)
+            wm0, sealed = state.watermark, state.sealed
             outcome = state.apply(record, partition, item.offset)
+            if contributions and (outcome is Outcome.ACCEPTED or outcome is Outcome.LATE):
+                self._pending[(partition, item.offset)] = contribution_row(
+                    cid, state.added[-1], wm0, sealed, grace, 0
+                )
             if record["observed_at"] > clock:
                 clocks[partition] = record["observed_at"]
             totals[outcome.value] += 1
@@ -416,9 +455,9 @@ class Aggregator:
         self.emission.emitted.difference_update(touched)  # their records are written below
         if replayed:
             log.info("skipped %d reports applied before a restart (at-least-once replay)", replayed)
-        producer = self.app.producer
         changed_set = self.emission.changed
         limit = storage.STATE_RECORD_MAX_BYTES
+        changes: list[tuple[str, int, bool]] = []
         for cid, partition in touched.items():
             state = self.states[cid]
             changed = state.has_changes()
@@ -432,11 +471,21 @@ class Aggregator:
                 changed = state.has_changes()
                 if changed:
                     changed_set.add(cid)
+            changes.append((cid, partition, changed))
+        return _Batch(changes, dead)
+
+    def _write(self, batch: _Batch) -> list[Any]:
+        """Step 3 of the checkpoint protocol: the states' writes and the dead letters."""
+        writes: list[Any] = []
+        self._send_positions()  # of the previous batch, durable by now
+        producer = self.app.producer
+        for cid, partition, changed in batch.changes:
+            state = self.states[cid]
             self.store.write(partition, state, changed)
             if state.snapshots:
                 self._closed.append(cid)
         writes.append(self._ship())
-        for letter in dead:
+        for letter in batch.dead:
             letter = fit_letter(letter, self.letter_max_bytes)
             writes.append(
                 self._send(
@@ -482,6 +531,8 @@ class Aggregator:
             dead_letter(messages[(st.partition, st.offset)], STATE_TOO_LARGE, why)
             for st in steps[kept:]
         ]
+        for st in steps[kept:]:  # not counted by the state: no contribution either
+            self._pending.pop((st.partition, st.offset), None)
         log.error(
             "crossing %s: %d reports of this batch dead-lettered (%s): %s",
             cid,

@@ -16,6 +16,7 @@ class SinkChoice(StrEnum):
 
     raw = "raw"
     windows = "windows"
+    contributions = "contributions"
     all = "all"
 
 
@@ -105,20 +106,26 @@ def query(
 def sink(
     which: Annotated[
         SinkChoice,
-        typer.Argument(help="raw (queue-reports), windows (crossing-windows) or all (both)."),
+        typer.Argument(
+            help="raw (queue-reports), windows (crossing-windows), contributions "
+            "(crossing-contributions, assembling the windows) or all (raw, and windows or "
+            "contributions as QUEUEWATCH_AGGREGATOR_OUTPUT says)."
+        ),
     ],
 ) -> None:
     """Write Kafka topics to ClickHouse, committing offsets only after each write."""
     from queuewatch.errors import QueuewatchError
-    from queuewatch.settings import CommonSettings, SinkSettings
+    from queuewatch.settings import AggregatorSettings, CommonSettings, SinkSettings
     from queuewatch.sinks.runner import SinkKind, run_sinks
 
     common = CommonSettings()
     setup_logging(common.log_level)
+    output: SinkKind = AggregatorSettings().aggregator_output
     chosen: dict[SinkChoice, list[SinkKind]] = {
         SinkChoice.raw: ["raw"],
         SinkChoice.windows: ["windows"],
-        SinkChoice.all: ["raw", "windows"],
+        SinkChoice.contributions: ["contributions"],
+        SinkChoice.all: ["raw", output],
     }
     kinds = chosen[which]
     try:

@@ -136,17 +136,56 @@ def _fixed(expr: str) -> str:
     )
 
 
+#: ``(crossing_id, from_country, to_country, traffic_class, first ms, last ms)``: a lane and
+#: the event-time span of the contributions a batch brought it.
+LaneSpan = tuple[str, str, str, str, int, int]
+_FAR = 1 << 62
+
+
+def _lanes_literal(lanes: Sequence[LaneSpan]) -> str:
+    return (
+        "["
+        + ",".join(
+            f"({_string(c)},{_string(f)},{_string(to)},{_string(k)},{lo},{hi})"
+            for c, f, to, k, lo, hi in lanes
+        )
+        + "]"
+    )
+
+
+def materialize_sql(
+    families: Sequence[WindowFamily],
+    rules: ConsensusRules,
+    consensus_max_size: int,
+    database: str,
+    columns: Sequence[str],
+    lanes: Sequence[LaneSpan],
+) -> str:
+    """``INSERT INTO crossing_windows`` the windows a batch of contributions touched.
+
+    Every window of those lanes that overlaps what the batch brought, computed whole from
+    the contributions table (so a window is right whatever batch wrote it last). Versions
+    are the aggregator's, so ``FINAL`` keeps the newest; a rewrite of an unchanged window is
+    the same row again.
+    """
+    cols = ", ".join(columns)
+    select = windows_select(families, rules, consensus_max_size, database, lanes)
+    return f"INSERT INTO {database}.crossing_windows ({cols}) SELECT {cols} FROM ({select})"
+
+
 def windows_select(
     families: Sequence[WindowFamily],
     rules: ConsensusRules,
     consensus_max_size: int,
     database: str = "default",
-    where: str = "",
+    lanes: Sequence[LaneSpan] | None = None,
 ) -> str:
-    """A SELECT of every window the contributions make, with ``crossing_windows``' columns.
+    """A SELECT of windows the contributions make, with ``crossing_windows``' columns first.
 
-    ``where`` filters the contributions (e.g. one crossing, an event-time range widened by
-    the largest window), which is how a caller keeps the expansion small.
+    Without ``lanes``: every window. With ``lanes``: only the windows of those lanes that
+    overlap their span (``start <= last`` and ``end > first``), each computed from every
+    contribution it holds: a window overlapping the span lies within the largest window
+    size of it, and only that much of the lane's contributions is read.
     """
     fams = ", ".join(
         f"({_string(f.name)}, {f.size}, {f.step}, {int(f.size <= consensus_max_size)})"
@@ -158,11 +197,30 @@ def windows_select(
     agree = _string(f" sources incl. official within {within} agree within {high_pct}")
     share = _float(rules.weighty_share)
     credibility = _credibility(rules, "tp")
-    filter_sql = f"WHERE {where}" if where else ""
+    largest = max(f.size for f in families)
+    if lanes is None:
+        source = (
+            f"SELECT *, toUnixTimestamp64Milli(observed_at) AS t, toInt64({-_FAR}) AS b_min, "
+            f"toInt64({_FAR}) AS b_max FROM {database}.{CONTRIBUTIONS} FINAL"
+        )
+    else:
+        ids = ",".join(sorted({_string(lane[0]) for lane in lanes}))
+        source = f"""
+            SELECT c.*, toUnixTimestamp64Milli(c.observed_at) AS t, b.b_min, b.b_max
+            FROM {database}.{CONTRIBUTIONS} AS c FINAL
+            INNER JOIN (
+                SELECT x.1 AS crossing_id, x.2 AS from_country, x.3 AS to_country,
+                       x.4 AS traffic_class, toInt64(x.5) AS b_min, toInt64(x.6) AS b_max
+                FROM (SELECT arrayJoin({_lanes_literal(lanes)}) AS x)
+            ) AS b USING (crossing_id, from_country, to_country, traffic_class)
+            WHERE c.crossing_id IN ({ids})
+              AND toUnixTimestamp64Milli(c.observed_at) > b.b_min - {largest}
+              AND toUnixTimestamp64Milli(c.observed_at) < b.b_max + {largest}"""
     # Each contribution goes to every window of every family that contains it and took it.
     starts = (
         "arrayFlatten(arrayMap(f -> arrayMap(s -> (f.1, f.2, f.4, s), arrayFilter("
-        "s -> s + f.2 > end_after AND s > start_after, arrayMap("
+        "s -> s + f.2 > end_after AND s > start_after AND s <= b_max AND s + f.2 > b_min, "
+        "arrayMap("
         "i -> (t - f.2 + 1) + positiveModulo(-(t - f.2 + 1), f.3) + i * f.3, "
         "range(toUInt64(intDiv((t - t % f.3) - ((t - f.2 + 1) + positiveModulo(-(t - f.2 + 1), "
         f"f.3)), f.3) + 1))))), [{fams}]))"
@@ -197,11 +255,7 @@ def windows_select(
                      queue_length_km IS NOT NULL) AS k_last,
             countIf(status != 'unknown') AS st_n,
             argMaxIf((t, seq, toString(status)), (t, seq), status != 'unknown') AS st_last
-        FROM (
-            SELECT *, toUnixTimestamp64Milli(observed_at) AS t
-            FROM {database}.{CONTRIBUTIONS} FINAL
-            {filter_sql}
-        )
+        FROM ({source})
         ARRAY JOIN {starts} AS w
         GROUP BY crossing_id, from_country, to_country, traffic_class, window_size, size, judged,
                  start, source"""

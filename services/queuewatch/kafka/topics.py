@@ -95,6 +95,16 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
                 "cleanup.policy": "delete",
             },
         ),
+        # Derived too, the same way: the accepted reports as the aggregator counted them
+        # (QUEUEWATCH_AGGREGATOR_OUTPUT=contributions), from which the sink assembles windows.
+        TopicSpec(
+            settings.contributions_topic,
+            settings.reports_partitions,
+            {
+                "retention.ms": str(int(settings.windows_retention_days * DAY_MS)),
+                "cleanup.policy": "delete",
+            },
+        ),
     ]
     return [TopicSpec(s.name, s.partitions, {**s.configs, **replicated}, factor) for s in specs]
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal
 
+from queuewatch.aggregator.consensus import consensus_rules
+from queuewatch.aggregator.state import AggregationConfig
 from queuewatch.clickhouse import embedded
 from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors, connect, redact
 from queuewatch.clickhouse.endpoint import socket_path
@@ -29,8 +31,8 @@ from queuewatch.clickhouse.query import QueryService
 from queuewatch.errors import ConfigurationError
 from queuewatch.kafka.security import KafkaSecurity
 from queuewatch.platform.liveness import Heartbeat, ProgressWatch, exit_stalled, watch_interval
-from queuewatch.settings import CommonSettings, QuerySettings, SinkSettings
-from queuewatch.sinks import raw, windows
+from queuewatch.settings import AggregatorSettings, CommonSettings, QuerySettings, SinkSettings
+from queuewatch.sinks import contributions, raw, windows
 from queuewatch.sinks.checkpoint import Backoff, BatchWriter, Checkpointer, DeadLetters, Transform
 from queuewatch.sinks.dead_letters import KafkaDeadLetters
 from queuewatch.sinks.exceptions import SinkError
@@ -39,7 +41,7 @@ from queuewatch.sinks.writer import ClickHouseWriter, monthly
 
 log = logging.getLogger(__name__)
 
-SinkKind = Literal["raw", "windows"]
+SinkKind = Literal["raw", "windows", "contributions"]
 #: How often a running sink logs its counters (records, rows written, batches).
 STATS_INTERVAL_S = 10.0
 
@@ -72,6 +74,18 @@ def sink_spec(kind: SinkKind, common: CommonSettings, max_partitions: int = 100)
             raw.COLUMNS,
             raw.ReportTransform(),
             raw.PARTITION_COLUMN,
+            max_partitions,
+        )
+    if kind == "contributions":
+        rows = contributions.transform()
+        return SinkSpec(
+            "contributions",
+            common.contributions_topic,
+            common.contributions_sink_group,
+            f"{db}.{contributions.TABLE}",
+            rows.columns,
+            rows,
+            contributions.PARTITION_COLUMN,
             max_partitions,
         )
     transform = windows.WindowTransform()
@@ -125,14 +139,28 @@ WriterFactory = Callable[[Any, SinkSpec], BatchWriter]
 
 
 def default_writer(client: Any, spec: SinkSpec) -> BatchWriter:
-    """The real writer: inserts into the spec's table, split by its monthly partitions."""
-    return ClickHouseWriter(
+    """The real writer: inserts into the spec's table, split by its monthly partitions.
+
+    The contributions sink's writer then assembles the windows they touched, with the
+    aggregator's window families and consensus rules (its settings, from the environment).
+    """
+    writer = ClickHouseWriter(
         client,
         spec.table,
         spec.columns,
         monthly(spec.columns, spec.partition_column),
         spec.max_partitions,
     )
+    if spec.kind != "contributions":
+        return writer
+    aggregator = AggregatorSettings()
+    config = AggregationConfig.from_spec(
+        aggregator.aggregator_windows,
+        aggregator.aggregator_grace,
+        aggregator.aggregator_dedup_horizon,
+        consensus_rules(aggregator),
+    )
+    return contributions.AssemblingWriter(client, writer, config, spec.table.split(".", 1)[0])
 
 
 def check_partitioning(client: Any, spec: SinkSpec) -> None:

@@ -49,7 +49,7 @@ class WindowTransform:
             row: tuple[Any, ...] = self.decoder(message.value)
         except DecodeError as exc:
             log.error(
-                "crossing-windows record %s[%d]@%d does not decode (%s); dead-lettering it",
+                "record %s[%d]@%d does not decode (%s); dead-lettering it",
                 message.topic,
                 message.partition,
                 message.offset,
