@@ -8,19 +8,20 @@ import pytest
 
 from tests.integration.test_aggregator_harness import (
     AggregatorProcess,
-    WindowReader,
     make_scenario,
     make_topics,
     publish,
     read_all,
     reference_windows,
+    window_reader,
 )
 
 pytestmark = pytest.mark.chaos
 
 
+@pytest.mark.parametrize("output", ["windows", "contributions"])
 def test_sigkill_mid_stream_and_restart_gives_the_same_final_windows(
-    bootstrap: str, unique: str, tmp_path: Path
+    bootstrap: str, unique: str, tmp_path: Path, output: str
 ) -> None:
     settings = make_topics(bootstrap, unique, partitions=3)
     scenario = make_scenario(seed=7)
@@ -35,8 +36,9 @@ def test_sigkill_mid_stream_and_restart_gives_the_same_final_windows(
         group=f"agg-{unique}",
         QUEUEWATCH_AGGREGATOR_BATCH_SIZE="40",
         QUEUEWATCH_AGGREGATOR_FLUSH_INTERVAL_S="0.2",
+        QUEUEWATCH_AGGREGATOR_OUTPUT=output,
     )
-    reader = WindowReader(bootstrap, settings.windows_topic)
+    reader = window_reader(output, bootstrap, settings, tmp_path)
     try:
         publish(bootstrap, settings.reports_topic, messages[:third])
         agg.start()

@@ -13,28 +13,34 @@ from kafka.structs import OffsetAndMetadata
 from queuewatch.aggregator.intake import H_CODE, H_OFFSET, H_PARTITION, H_TOPIC
 from tests.integration.test_aggregator_harness import (
     AggregatorProcess,
-    WindowReader,
     make_scenario,
     make_topics,
     publish,
     read_all,
     reference_windows,
+    window_reader,
 )
+
+#: Both outputs of the aggregator: windows from the topic, or windows ClickHouse assembled.
+OUTPUTS = pytest.mark.parametrize("output", ["windows", "contributions"])
 
 pytestmark = pytest.mark.integration
 
 
+@OUTPUTS
 def test_scenario_with_duplicates_late_and_invalid_reports_matches_the_brute_force_windows(
-    bootstrap: str, unique: str, tmp_path: Path
+    bootstrap: str, unique: str, tmp_path: Path, output: str
 ) -> None:
     settings = make_topics(bootstrap, unique, partitions=3)
     scenario = make_scenario(seed=7)
     expected = reference_windows(scenario.valid_in_order)
     publish(bootstrap, settings.reports_topic, scenario.messages)
 
-    agg = AggregatorProcess(settings, tmp_path, group=f"agg-{unique}")
+    agg = AggregatorProcess(
+        settings, tmp_path, group=f"agg-{unique}", QUEUEWATCH_AGGREGATOR_OUTPUT=output
+    )
     agg.start()
-    reader = WindowReader(bootstrap, settings.windows_topic)
+    reader = window_reader(output, bootstrap, settings, tmp_path)
     try:
         problems = reader.wait_for(expected, timeout_s=120)
         assert problems == [], "\n".join(problems) + "\n" + agg.logs()
@@ -54,8 +60,9 @@ def test_scenario_with_duplicates_late_and_invalid_reports_matches_the_brute_for
         assert int(headers[H_PARTITION]) >= 0 and int(headers[H_OFFSET]) >= 0
 
 
+@OUTPUTS
 def test_one_partition_and_twelve_partitions_give_the_same_windows(
-    bootstrap: str, unique: str, tmp_path: Path
+    bootstrap: str, unique: str, tmp_path: Path, output: str
 ) -> None:
     scenario = make_scenario(seed=12, crossings=6, per_crossing=150)
     expected = reference_windows(scenario.valid_in_order)
@@ -65,9 +72,11 @@ def test_one_partition_and_twelve_partitions_give_the_same_windows(
         publish(bootstrap, settings.reports_topic, scenario.messages)
         home = tmp_path / f"p{partitions}"
         home.mkdir()
-        agg = AggregatorProcess(settings, home, group=f"agg-{unique}-{partitions}")
+        agg = AggregatorProcess(
+            settings, home, group=f"agg-{unique}-{partitions}", QUEUEWATCH_AGGREGATOR_OUTPUT=output
+        )
         agg.start()
-        reader = WindowReader(bootstrap, settings.windows_topic)
+        reader = window_reader(output, bootstrap, settings, home)
         try:
             problems = reader.wait_for(expected, timeout_s=120)
             assert problems == [], "\n".join(problems) + "\n" + agg.logs()
@@ -136,7 +145,7 @@ def test_a_committed_offset_past_unapplied_reports_does_not_lose_them(
     assert _committed(bootstrap, group, settings.reports_topic) == len(scenario.messages)
 
     agg.start()
-    reader = WindowReader(bootstrap, settings.windows_topic)
+    reader = window_reader("windows", bootstrap, settings, tmp_path)
     try:
         problems = reader.wait_for(expected, timeout_s=120)
         assert problems == [], "\n".join(problems) + "\n" + agg.logs()
@@ -146,8 +155,9 @@ def test_a_committed_offset_past_unapplied_reports_does_not_lose_them(
     assert code == 0, agg.logs()
 
 
+@OUTPUTS
 def test_two_workers_sharing_the_partitions_give_the_same_windows_as_one(
-    bootstrap: str, unique: str, tmp_path: Path
+    bootstrap: str, unique: str, tmp_path: Path, output: str
 ) -> None:
     """A second worker joins mid-stream: the rebalance moves partitions, the windows stay exact."""
     settings = make_topics(bootstrap, unique, partitions=6)
@@ -158,9 +168,9 @@ def test_two_workers_sharing_the_partitions_give_the_same_windows_as_one(
     homes = [tmp_path / "worker-a", tmp_path / "worker-b"]
     for home in homes:
         home.mkdir()
-    first = AggregatorProcess(settings, homes[0], group=group)
-    second = AggregatorProcess(settings, homes[1], group=group)
-    reader = WindowReader(bootstrap, settings.windows_topic)
+    first = AggregatorProcess(settings, homes[0], group=group, QUEUEWATCH_AGGREGATOR_OUTPUT=output)
+    second = AggregatorProcess(settings, homes[1], group=group, QUEUEWATCH_AGGREGATOR_OUTPUT=output)
+    reader = window_reader(output, bootstrap, settings, tmp_path)
     try:
         publish(bootstrap, settings.reports_topic, scenario.messages[:half])
         first.start()

@@ -6,7 +6,11 @@
   for every window it lists the reports the contract says it must count, then computes each
   metric in the most direct way (sorting, Fraction sums), never with panes or sketches;
 * :class:`AggregatorProcess` runs ``python -m queuewatch aggregator`` as a child process;
-* :class:`WindowReader` collects the newest version of every emitted window.
+* :class:`WindowReader` collects the newest version of every emitted window;
+* :class:`AssembledReader` does the same for output ``contributions``: it runs the
+  contributions sink on a chdb folder and reads ``crossing_windows`` back through the query
+  path, so the oracle checks the windows ClickHouse assembled;
+* :func:`window_reader` is the one for an output.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from queuewatch.contract.codec import decode, encode
 from queuewatch.contract.schemas import CROSSING_WINDOW, QUEUE_REPORT, default_registry
 from queuewatch.kafka.topics import ensure_topics, topic_specs
 from queuewatch.settings import CommonSettings
+from tests.integration.test_sinks_harness import SinkEnv, SinkProcess, query_rows
 
 HOUR = 3_600_000
 MINUTE = 60_000
@@ -304,6 +309,7 @@ def make_topics(bootstrap: str, unique: str, partitions: int) -> CommonSettings:
         reports_topic=f"reports-{unique}",
         dlq_topic=f"dlq-{unique}",
         windows_topic=f"windows-{unique}",
+        contributions_topic=f"contributions-{unique}",
         reports_partitions=partitions,
     )
     ensure_topics(bootstrap, topic_specs(settings))
@@ -386,6 +392,97 @@ class WindowReader:
         self.consumer.close()
 
 
+#: The window fields the oracle checks, as the query path gives them back (times in ms).
+_WINDOW_SQL = """
+SELECT crossing_id, from_country, to_country, traffic_class, window_size,
+       toUnixTimestamp64Milli(window_start) AS window_start,
+       toUnixTimestamp64Milli(window_end) AS window_end,
+       reports, sources, wait_minutes_min, wait_minutes_max, wait_minutes_avg, wait_minutes_p50,
+       wait_minutes_p90, wait_minutes_last, queue_vehicles_max, queue_vehicles_avg,
+       queue_vehicles_last, queue_length_km_max, queue_length_km_avg, queue_length_km_last,
+       status_last, toUnixTimestamp64Milli(last_observed_at) AS last_observed_at, version
+FROM crossing_windows FINAL
+"""
+#: Fields of 64 bits, which ClickHouse's JSON quotes.
+_LONGS = ("window_start", "window_end", "last_observed_at", "version")
+
+
+class AssembledReader:
+    """The windows ClickHouse assembled from contributions, read as :class:`WindowReader` reads.
+
+    Runs ``queuewatch sink contributions`` (its own chdb folder and groups) for the settings'
+    topics; ``newest`` is ``crossing_windows FINAL``. A version that went down between two
+    reads of a key is counted, as the topic reader counts one in the log.
+    """
+
+    def __init__(self, bootstrap: str, settings: CommonSettings, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        suffix = settings.reports_topic.removeprefix("reports-")
+        self.env = SinkEnv(
+            bootstrap, home, suffix, {"QUEUEWATCH_AGGREGATOR_OUTPUT": "contributions"}
+        )
+        assert self.env.contributions_topic == settings.contributions_topic
+        self.sink = SinkProcess(
+            self.env, home / "sink.log", ["-m", "queuewatch", "sink", "contributions"]
+        )
+        self.sink.wait_serving()
+        self.newest: dict[tuple, dict[str, Any]] = {}
+        self.count = 0
+        self.version_went_down = 0
+
+    def poll(self, timeout_ms: int = 1000) -> int:
+        """Read the table again; returns how many windows changed version since last time."""
+        time.sleep(timeout_ms / 1000 / 2)
+        assert self.sink.alive(), self.sink.output()[-4000:]
+        changed = 0
+        for row in query_rows(self.env, _WINDOW_SQL):
+            for name in _LONGS:
+                row[name] = int(row[name])
+            key = tuple(row[k] for k in (*_KEY_FIELDS,))
+            old = self.newest.get(key)
+            if old is not None and row["version"] < old["version"]:
+                self.version_went_down += 1
+            if old is None or old["version"] != row["version"]:
+                changed += 1
+            self.newest[key] = row
+        self.count += changed
+        return changed
+
+    def wait_for(self, expected: dict[tuple, dict], timeout_s: float) -> list[str]:
+        """Poll until the windows match ``expected`` (or time runs out); the diff."""
+        deadline = time.monotonic() + timeout_s
+        problems = ["nothing read yet"]
+        while time.monotonic() < deadline:
+            self.poll()
+            problems = compare(expected, self.newest)
+            if not problems:
+                return []
+        return [*problems, self.sink.output()[-3000:]]
+
+    def close(self) -> None:
+        if self.sink.alive():
+            self.sink.stop()
+
+
+_KEY_FIELDS = (
+    "crossing_id",
+    "from_country",
+    "to_country",
+    "traffic_class",
+    "window_size",
+    "window_start",
+)
+
+
+def window_reader(
+    output: str, bootstrap: str, settings: CommonSettings, home: Path
+) -> WindowReader | AssembledReader:
+    """The reader of the windows an aggregator with this output makes."""
+    if output == "contributions":
+        return AssembledReader(bootstrap, settings, home / "assembled")
+    return WindowReader(bootstrap, settings.windows_topic)
+
+
 def read_all(bootstrap: str, topic: str, expected_count: int, timeout_s: float) -> list[Any]:
     """Every message of a topic (waits until ``expected_count`` arrived or time runs out)."""
     consumer = KafkaConsumer(
@@ -420,6 +517,7 @@ class AggregatorProcess:
             QUEUEWATCH_REPORTS_TOPIC=settings.reports_topic,
             QUEUEWATCH_DLQ_TOPIC=settings.dlq_topic,
             QUEUEWATCH_WINDOWS_TOPIC=settings.windows_topic,
+            QUEUEWATCH_CONTRIBUTIONS_TOPIC=settings.contributions_topic,
             QUEUEWATCH_AGGREGATOR_GROUP=group,
             QUEUEWATCH_LOG_LEVEL="INFO",
         )
