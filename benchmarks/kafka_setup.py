@@ -50,6 +50,9 @@ def create_topics(bootstrap: str, names: dict[str, str], partitions: int = 12) -
         reports_topic=names["reports"],
         dlq_topic=names["dlq"],
         windows_topic=names["windows"],
+        # A replay whose aggregator emits contributions writes them to its output topic
+        # ("windows"); this one only keeps the deployment's default name off the broker.
+        contributions_topic=names.get("contributions", names["windows"] + "-contributions"),
         reports_partitions=partitions,
     )
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="queuewatch-bench")

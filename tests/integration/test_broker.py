@@ -19,10 +19,15 @@ def test_ensure_topics_creates_the_event_log_with_unlimited_retention(
     bootstrap: str, unique: str
 ) -> None:
     settings = CommonSettings(
-        reports_topic=f"reports-{unique}", dlq_topic=f"dlq-{unique}", windows_topic=f"win-{unique}"
+        reports_topic=f"reports-{unique}",
+        dlq_topic=f"dlq-{unique}",
+        windows_topic=f"win-{unique}",
+        contributions_topic=f"contrib-{unique}",
     )
     created = ensure_topics(bootstrap, topic_specs(settings))
-    assert sorted(created) == sorted([f"reports-{unique}", f"dlq-{unique}", f"win-{unique}"])
+    assert sorted(created) == sorted(
+        [f"reports-{unique}", f"dlq-{unique}", f"win-{unique}", f"contrib-{unique}"]
+    )
     assert ensure_topics(bootstrap, topic_specs(settings)) == []  # idempotent
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
