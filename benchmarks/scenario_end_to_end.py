@@ -233,12 +233,24 @@ def one_rate(ctx: Context, rate: int) -> dict[str, Any]:
     topics, group = run_ids(f"e2e{rate}")
     create_topics(ctx.bootstrap, topics.as_roles())
     env = sink_env(ctx, topics, group, str(ctx.work / f"chdb-{group}"))
+    # Output contributions (issue 12): one record per report, windows assembled by the sink.
+    output = {
+        "QUEUEWATCH_AGGREGATOR_OUTPUT": "contributions",
+        "QUEUEWATCH_CONTRIBUTIONS_TOPIC": f"{topics.windows}-contributions",
+    }
+    env.update(output)
     address = str(socket_path(Path(env["QUEUEWATCH_HOME"])))
     sink = processes.start(
         f"e2e-sink-{group}", [ctx.python, "-m", "queuewatch", "sink", "all"], env, ctx.log_dir
     )
     agg = aggregator_starter(
-        ctx.bootstrap, topics, f"{group}-agg", ctx.work / f"home-{group}", ctx.log_dir, ctx.python
+        ctx.bootstrap,
+        topics,
+        f"{group}-agg",
+        ctx.work / f"home-{group}",
+        ctx.log_dir,
+        ctx.python,
+        output,
     )()
     try:
         _wait_ready(address, sink, agg)
@@ -330,7 +342,8 @@ def end_to_end(ctx: Context) -> dict[str, Any]:
     sustained = [r["offered_per_s"] for r in per_rate if r["sustained_runs"] * 2 > len(r["runs"])]
     return {
         "what": "publish at an offered rate -> visible in queue_reports and crossing_windows "
-        "(aggregator 1 worker + sink all on chdb, all on this machine)",
+        "(aggregator 1 worker with output contributions + sink all on chdb, which assembles "
+        "the windows, all on this machine)",
         "duration_s": plan.e2e_seconds,
         "crossings": plan.e2e_crossings,
         "rates": per_rate,

@@ -414,6 +414,16 @@ class Rebuild:
             ) from exc
 
     def _check_stopped(self, kafka: KafkaOffsets) -> None:
+        from queuewatch.settings import AggregatorSettings
+
+        if self.plan.windows and AggregatorSettings().aggregator_output != "windows":
+            raise RebuildError(
+                "QUEUEWATCH_AGGREGATOR_OUTPUT is contributions, and `rebuild --windows` "
+                "re-aggregates through the windows output only; rebuild the raw reports alone "
+                "(`queuewatch rebuild --raw`), or, to rebuild the windows, run a new "
+                "QUEUEWATCH_AGGREGATOR_GROUP and QUEUEWATCH_CONTRIBUTIONS_SINK_GROUP on a fresh "
+                "database (docs/architecture.md, output contributions)"
+            )
         groups = []
         if self.plan.windows:
             groups += [self.common.aggregator_group, self.common.window_sink_group]
