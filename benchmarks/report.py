@@ -56,9 +56,11 @@ def _peer_rows(peer: dict[str, Any]) -> list[str]:
     ds = peer["dataset"]
     ours = peer["ours"]["median"]
     peers = _peers(peer)
+    output = peer["ours"].get("output")
     lines = [
         f"| peer ({ds['reports']:,} reports, {ds['crossings']} crossings) | "
-        f"queuewatch aggregator | {_fmt(ours['events_per_s'])} events/s |"
+        f"queuewatch aggregator{f', output {output}' if output else ''} | "
+        f"{_fmt(ours['events_per_s'])} events/s |"
     ]
     measured = {name: entry for name, entry in peers.items() if entry.get("status") == "ok"}
     for name, entry in peers.items():
@@ -126,6 +128,7 @@ def summary(result: dict[str, Any], result_path: str) -> str:
                 "faust-streaming agent that only decodes (take_events 5000) | "
                 f"{_fmt(limit['faust_agent']['median']['events_per_s'])} events/s |"
             )
+    limit_rate = limit.get("limit_events_per_s") if _ok(limit) and limit else None
     for name, shape in (("aggregator", "sparse"), ("aggregator_dense", "dense")):
         agg = sc.get(name)
         if not _ok(agg):
@@ -133,17 +136,27 @@ def summary(result: dict[str, Any], result_path: str) -> str:
         assert agg is not None
         med = agg["median"]
         ds = agg["dataset"]
-        lines += [
-            f"| aggregator, 1 worker, {shape} ({ds['reports']:,} reports, {ds['crossings']:,} "
-            f"crossings, {ds['span_hours']} h) | throughput until the last window is emitted | "
-            f"{_fmt(med['events_per_s'])} events/s "
-            f"({_fmt((agg.get('ratio_to_limit') or 0) * 100, 2)} % of the limit); "
-            f"{_fmt(med['output_messages_per_report'], 1)} window messages per report |",
-            f"| aggregator, {shape} | peak RSS / memory per active crossing | "
-            f"{_fmt(med['peak_rss_mib'])} MiB / {_fmt(med['kib_per_active_crossing'], 1)} KiB |",
-            f"| aggregator, {shape} | start-up (process start to probe committed) | "
-            f"{_fmt(med['startup_s'], 1)} s |",
-        ]
+        # Result files before aggregator v2 hold only output windows, as "median".
+        outputs = (
+            [("contributions", med), ("windows", agg["windows_median"])]
+            if "windows_median" in agg
+            else [("windows", med)]
+        )
+        for output, m in outputs:
+            lines += [
+                f"| aggregator, 1 worker, {shape} ({ds['reports']:,} reports, "
+                f"{ds['crossings']:,} crossings, {ds['span_hours']} h), output {output} | "
+                "throughput until the last output message | "
+                f"{_fmt(m['events_per_s'])} events/s "
+                f"({_fmt(m['events_per_s'] / limit_rate * 100 if limit_rate else 0, 2)} % of "
+                f"the limit); {_fmt(m['output_messages_per_report'], 2)} output messages, "
+                f"{_fmt(m.get('changelog_bytes_per_report'))} changelog bytes and "
+                f"{_fmt(m.get('cpu_us_per_report'))} µs of CPU per report |",
+                f"| aggregator, {shape}, output {output} | peak RSS / memory per active "
+                f"crossing; start-up (process start to probe committed) | "
+                f"{_fmt(m['peak_rss_mib'])} MiB / {_fmt(m['kib_per_active_crossing'], 1)} KiB;"
+                f" {_fmt(m['startup_s'], 1)} s |",
+            ]
     peer = sc.get("peer")
     if _ok(peer):
         assert peer is not None
@@ -164,29 +177,37 @@ def summary(result: dict[str, Any], result_path: str) -> str:
                 f"| sink all, chdb ({sink[key]['rows']:,} rows) | drains into {table} | "
                 f"{_fmt(sink[key]['median']['rows_per_s'])} rows/s{while_publishing} |"
             )
+        contrib = sink.get("contributions")
+        if contrib:
+            m = contrib["median"]
+            lines.append(
+                f"| sink all, chdb, output contributions ({contrib['rows']:,} contributions of "
+                f"{sink['raw']['rows']:,} reports) | drains into crossing_contributions, "
+                "assembling crossing_windows | "
+                f"{_fmt(m['rows_per_s'])} contributions/s; "
+                f"{_fmt(m['window_rows_per_contribution'], 1)} rows assembled (crossing_windows "
+                "and window_latest) per contribution |"
+            )
+        sparse = sink.get("contributions_sparse")
+        if sparse:
+            lines.append(
+                f"| sink all, chdb, output contributions, the sparse replay's log "
+                f"({sparse['reports']:,} reports) | rows assembled (crossing_windows and "
+                "window_latest) per contribution | "
+                f"{_fmt(sparse['window_rows_per_contribution'], 1)} "
+                f"({_fmt(sparse['rows_per_s'])} contributions/s) |"
+            )
     e2e = sc.get("end_to_end")
     if _ok(e2e):
         assert e2e is not None
-        for rate in e2e["rates"]:
-            med = rate["median"]
-            bound = {
-                t: "≥ " if any(r[t]["percentiles_are_lower_bounds"] for r in rate["runs"]) else ""
-                for t in ("queue_reports", "crossing_windows")
-            }
-            lines.append(
-                f"| end to end, offered {rate['offered_per_s']:,}/s | p50 / p95 / p99 to "
-                f"queue_reports; to crossing_windows | {bound['queue_reports']}"
-                f"{_fmt(med['queue_reports_p50_s'], 2)} / "
-                f"{_fmt(med['queue_reports_p95_s'], 2)} / {_fmt(med['queue_reports_p99_s'], 2)}"
-                f" s; {bound['crossing_windows']}{_fmt(med['crossing_windows_p50_s'], 2)} / "
-                f"{_fmt(med['crossing_windows_p95_s'], 2)} / "
-                f"{_fmt(med['crossing_windows_p99_s'], 2)} s; sustained in "
-                f"{rate['sustained_runs']}/{len(rate['runs'])} runs |"
+        lines += _e2e_rows(e2e["rates"], e2e["highest_sustained_per_s"], "")
+        contributions = e2e.get("contributions")
+        if contributions:
+            lines += _e2e_rows(
+                contributions["rates"],
+                contributions["highest_sustained_per_s"],
+                ", output contributions",
             )
-        lines.append(
-            f"| end to end | highest offered rate sustained | "
-            f"{_fmt(e2e['highest_sustained_per_s'])} reports/s |"
-        )
     scale = sc.get("scale_out")
     if _ok(scale):
         assert scale is not None
@@ -245,9 +266,144 @@ def summary(result: dict[str, Any], result_path: str) -> str:
             "",
             "Failed in this run: " + ", ".join(f"{k} ({sc[k]['reason']})" for k in failed),
         ]
+    table = targets(result)
+    if table:
+        lines += ["", *table]
     if _ok(e2e):
         lines += ["", f"![latency vs offered rate]({PLOT.name})"]
     return "\n".join(lines)
+
+
+def _e2e_rows(rates: list[dict[str, Any]], highest: int | None, label: str) -> list[str]:
+    """One row per offered rate, and the highest rate sustained."""
+    lines = []
+    for rate in rates:
+        med = rate["median"]
+        bound = {
+            t: "≥ " if any(r[t]["percentiles_are_lower_bounds"] for r in rate["runs"]) else ""
+            for t in ("queue_reports", "crossing_windows")
+        }
+        lines.append(
+            f"| end to end{label}, offered {rate['offered_per_s']:,}/s | p50 / p95 / p99 to "
+            f"queue_reports; to crossing_windows | {bound['queue_reports']}"
+            f"{_fmt(med['queue_reports_p50_s'], 2)} / "
+            f"{_fmt(med['queue_reports_p95_s'], 2)} / {_fmt(med['queue_reports_p99_s'], 2)}"
+            f" s; {bound['crossing_windows']}{_fmt(med['crossing_windows_p50_s'], 2)} / "
+            f"{_fmt(med['crossing_windows_p95_s'], 2)} / "
+            f"{_fmt(med['crossing_windows_p99_s'], 2)} s; sustained in "
+            f"{rate['sustained_runs']}/{len(rate['runs'])} runs |"
+        )
+    lines.append(
+        f"| end to end{label} | highest offered rate sustained | {_fmt(highest)} reports/s |"
+    )
+    return lines
+
+
+def _verdict(value: float | None, target: float, at_most: bool = False) -> str:
+    if value is None:
+        return "not measured"
+    return "met" if (value <= target if at_most else value >= target) else "missed"
+
+
+def targets(result: dict[str, Any]) -> list[str]:
+    """The table of issue 12 (aggregator v2), from this run's figures: each figure, the
+    version-1 figure the issue quoted (commit 488e56d), the target and whether it is met.
+    Empty for a run without the aggregator scenarios."""
+    sc = result["scenarios"]
+    sparse, dense = sc.get("aggregator"), sc.get("aggregator_dense")
+    if not (_ok(sparse) and _ok(dense)) or "windows_median" not in (sparse or {}):
+        return []
+    assert sparse is not None and dense is not None
+    rows: list[tuple[str, str, str, str, str]] = []
+    sink = sc.get("sink") if _ok(sc.get("sink")) else None
+    in_sparse = (sink or {}).get("contributions_sparse")
+    msgs = sparse["median"]["output_messages_per_report"]
+    if in_sparse:
+        # Kafka: the contributions; ClickHouse: one contribution row + the windows assembled.
+        total = msgs + 1 + in_sparse["window_rows_per_contribution"]
+        value = (
+            f"{total:.1f}: {msgs:.2f} contribution messages + 1 contribution row + "
+            f"{in_sparse['window_rows_per_contribution']:.1f} rows assembled into "
+            "crossing_windows and window_latest"
+        )
+        rows.append(
+            ("rows written downstream per report, sparse replay (Kafka output + ClickHouse)",
+             "31.5 window messages + 31.5 rows", "≤ 4 in all", value, _verdict(total, 4, True))
+        )  # fmt: skip
+    changelog = [
+        a["median"].get("changelog_bytes_per_report") for a in (dense, sparse)
+    ]  # fmt: skip
+    if None not in changelog:
+        worst = max(c for c in changelog if c is not None)
+        rows.append(
+            ("changelog bytes per report (dense replay: busy crossings / sparse)",
+             "~0.9 kB dense / ~10 kB sparse", "≤ 1 kB",
+             f"{_fmt(changelog[0])} B / {_fmt(changelog[1])} B", _verdict(worst, 1000, True))
+        )  # fmt: skip
+    plan = ((sparse, "sparse", 861, 5000), (dense, "dense", 7630, 10000))
+    for agg, shape, before, target in plan:
+        rate = agg["median"]["events_per_s"]
+        rows.append(
+            (f"aggregator, {shape} replay, 1 worker (output contributions; windows)",
+             f"{before:,}/s", f"≥ {target:,}/s",
+             f"{_fmt(rate)}/s; {_fmt(agg['windows_median']['events_per_s'])}/s",
+             _verdict(rate, target))
+        )  # fmt: skip
+    e2e = sc.get("end_to_end")
+    if _ok(e2e):
+        assert e2e is not None
+        v2 = (e2e.get("contributions") or {}).get("rates") or e2e["rates"]
+        within = [
+            r["offered_per_s"]
+            for r in v2
+            if r["sustained_runs"] == len(r["runs"])
+            and r["median"]["crossing_windows_p99_s"] is not None
+            and r["median"]["crossing_windows_p99_s"] <= 3.0
+            and not any(x["crossing_windows"]["percentiles_are_lower_bounds"] for x in r["runs"])
+        ]
+        best = max(within) if within else None
+        rows.append(
+            ("end to end sustained with windows p99 ≤ 3 s (output contributions)",
+             "1,000/s offered (p50 10 s)", "≥ 5,000/s offered",
+             f"{best:,}/s offered" if best else "none of the rates offered",
+             _verdict(best or 0, 5000))
+        )  # fmt: skip
+    if sink:
+        rates = {
+            key: sink[key]["median"]["rows_per_s"]
+            for key in ("raw", "windows", "contributions")
+            if key in sink
+        }
+        rows.append(
+            ("sinks on chdb, drain (raw / windows / contributions with assembly)", "17.6k rows/s",
+             "≥ 50k rows/s", " / ".join(f"{_fmt(v)}" for v in rates.values()) + " rows/s",
+             _verdict(min(rates.values()), 50_000))
+        )  # fmt: skip
+    peer = sc.get("peer")
+    if _ok(peer):
+        assert peer is not None
+        peers = _peers(peer)
+        ratios = {
+            name: peers[name]["ratio_ours_to_peer"]
+            for name in ("quix", "bytewax")
+            if peers.get(name, {}).get("status") == "ok"
+        }
+        if ratios:
+            met = ratios.get("quix", 0) >= 2 and ratios.get("bytewax", 0) > 1
+            rows.append(
+                ("vs Quix Streams / vs Bytewax, same job, same run (ours is ...)", "1.15× / –",
+                 "≥ 2× / ahead",
+                 " / ".join(f"{_fmt(ratios[n], 2)}×" if n in ratios else "–"
+                            for n in ("quix", "bytewax")),
+                 "met" if met else "missed")
+            )  # fmt: skip
+    return [
+        "Issue 12 (aggregator v2), its targets against this run:",
+        "",
+        "| figure | version 1 (488e56d) | target | this run | |",
+        "|---|---|---|---|---|",
+        *(f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows),
+    ]
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:

@@ -2,7 +2,12 @@
 
 `queuewatch sink all` (the embedded layout: one process owns a fresh chdb folder and runs
 both sinks) replays N reports into ``queue_reports``, then, in a second process on a fresh
-folder, N window records into ``crossing_windows``. The replay protocol is the one of
+folder, N window records into ``crossing_windows``, then, with output ``contributions``, the
+contributions the aggregator gives for the N reports (benchmarks/contribution_log.py) into
+``crossing_contributions`` and the windows they make into ``crossing_windows``, assembled by
+ClickHouse (drain only). For the contributions it also counts the window rows the assembly
+wrote, per contribution, on this log and on the sparse replay's log (the "rows written
+downstream per report" of issue 12). The replay protocol is the one of
 benchmarks/replay.py: the clock starts when the sink is up and ends when its consumer group
 has committed everything, which the sink does only after ClickHouse accepted the rows.
 
@@ -16,11 +21,15 @@ cores) then bounds the figure from above, which it did not while the sinks were 
 from __future__ import annotations
 
 import random
+import re
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from benchmarks import processes
 from benchmarks.context import Context
+from benchmarks.contribution_log import contribution_messages
 from benchmarks.dataset import DatasetSpec, dataset
 from benchmarks.replay import Topics, probe_message, replay, run_ids
 from benchmarks.stats import median_of_runs
@@ -43,6 +52,34 @@ def sink_env(ctx: Context, topics: Topics, group: str, folder: str) -> dict[str,
         "QUEUEWATCH_WINDOW_SINK_GROUP": f"{group}-windows",
         "QUEUEWATCH_LOG_LEVEL": "WARNING",
     }
+
+
+def contributions_env(ctx: Context, topics: Topics, group: str, folder: str) -> dict[str, str]:
+    """Settings of a `queuewatch sink all` with output contributions, read from
+    ``topics.windows``; INFO, so its clean stop logs the window rows it assembled."""
+    return {
+        **sink_env(ctx, topics, group, folder),
+        "QUEUEWATCH_AGGREGATOR_OUTPUT": "contributions",
+        "QUEUEWATCH_CONTRIBUTIONS_TOPIC": topics.windows,
+        "QUEUEWATCH_CONTRIBUTIONS_SINK_GROUP": f"{group}-contributions",
+        "QUEUEWATCH_LOG_LEVEL": "INFO",
+    }
+
+
+_ASSEMBLED = re.compile(r"(\d+) rows written in \d+ batches.*; (\d+) window rows assembled")
+
+
+def assembled_rows(log_path: Path, timeout_s: float = 10.0) -> tuple[int, int]:
+    """(contribution rows, window rows assembled) from the contributions sink's clean stop."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = _ASSEMBLED.findall(log_path.read_text(errors="replace"))
+        if found:
+            rows, windows = found[-1]
+            return int(rows), int(windows)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no clean stop of the contributions sink in {log_path}")
+        time.sleep(0.2)
 
 
 def sink_starter(ctx: Context, env: dict[str, str], name: str) -> Callable[[], processes.Child]:
@@ -120,7 +157,20 @@ def sink(ctx: Context) -> dict[str, Any]:
                 hold_while_publishing=held,
             )
             runs["windows" + suffix].append(_rows(win.figures()))
-    sizes = {"raw": len(reports), "windows": len(windows)}
+    now_ms = int(time.time() * 1000)
+    contributions = contribution_messages(reports, now_ms)
+    runs["contributions"] = []
+    for _ in range(plan.runs):
+        runs["contributions"].append(_contributions_run(ctx, contributions, ds.start_ms))
+    sparse = dataset(
+        DatasetSpec(plan.aggregator_reports, plan.aggregator_crossings, plan.aggregator_span_hours)
+    )
+    sparse_reports = sparse.load()
+    sparse_run = _contributions_run(
+        ctx, contribution_messages(sparse_reports, now_ms), sparse.start_ms
+    )
+    sparse_run["reports"] = len(sparse_reports)
+    sizes = {"raw": len(reports), "windows": len(windows), "contributions": len(contributions)}
     return {
         "what": "`queuewatch sink all` on a fresh chdb folder, 1 process; rows written and "
         "committed per second; raw/windows drain a loaded topic, *_live read while the "
@@ -133,7 +183,35 @@ def sink(ctx: Context) -> dict[str, Any]:
             }
             for key, found in runs.items()
         },
+        "contributions_sparse": sparse_run,
     }
+
+
+def _contributions_run(
+    ctx: Context, messages: list[tuple[bytes, bytes]], probe_at: int
+) -> dict[str, Any]:
+    """One drain of ``messages`` (contributions) by `sink all` with output contributions."""
+    topics, group = run_ids("csink")
+    env = contributions_env(ctx, topics, group, str(ctx.work / f"chdb-{group}"))
+    name = f"sink-contributions-{group}"
+    result = replay(
+        name="queuewatch sink all (contributions)",
+        bootstrap=ctx.bootstrap,
+        topics=topics,
+        group=f"{group}-contributions",
+        start=sink_starter(ctx, env, name),
+        messages=messages,
+        probe=contribution_messages([probe_message(probe_at)], int(time.time() * 1000))[0],
+        output_topic=None,
+        input_topic=topics.windows,
+        hold_while_publishing=True,
+    )
+    figures = _rows(result.figures())
+    rows, windows = assembled_rows(ctx.log_dir / f"{name}.log")
+    # The probe is one more contribution, and its windows, outside the timed part.
+    figures["window_rows_assembled"] = windows
+    figures["window_rows_per_contribution"] = round(windows / max(rows, 1), 2)
+    return figures
 
 
 def _rows(figures: dict[str, Any]) -> dict[str, Any]:

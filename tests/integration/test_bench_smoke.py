@@ -99,9 +99,11 @@ def test_smoke_end_to_end_makes_every_report_visible_in_both_tables(
     smoke_result: dict[str, Any],
 ) -> None:
     e2e = smoke_result["scenarios"]["end_to_end"]
-    run = e2e["rates"][0]["runs"][0]
-    assert run["queue_reports"]["visible"] == run["published"]
-    assert run["crossing_windows"]["visible"] == run["published"]
+    # Output windows (the default), then output contributions (windows assembled by the sink).
+    for rates in (e2e["rates"], e2e["contributions"]["rates"]):
+        run = rates[0]["runs"][0]
+        assert run["queue_reports"]["visible"] == run["published"]
+        assert run["crossing_windows"]["visible"] == run["published"]
 
 
 def test_smoke_metrics_cost_replays_the_dense_log_with_metrics_off_and_on(
@@ -135,6 +137,12 @@ def test_smoke_query_and_sink_scenarios_count_their_rows(smoke_result: dict[str,
     sink = smoke_result["scenarios"]["sink"]
     assert sink["raw"]["runs"][0]["rows"] == plan["sink_reports"]
     assert sink["windows"]["runs"][0]["rows"] == plan["sink_windows"]
+    # Output contributions: every contribution written, and windows assembled from them
+    # (counted by the sink itself: the engine's inserted rows around each assembly).
+    contributions = sink["contributions"]["runs"][0]
+    assert 0 < contributions["rows"] <= plan["sink_reports"]
+    assert contributions["window_rows_assembled"] >= contributions["rows"]
+    assert sink["contributions_sparse"]["window_rows_per_contribution"] >= 1
 
 
 @pytest.mark.parametrize("name", ["quix", "bytewax"])

@@ -27,7 +27,6 @@ import faust
 
 from queuewatch.aggregator import checkpoint, storage
 from queuewatch.aggregator.bound import STATE_TOO_LARGE, Step, fit_prefix
-from queuewatch.aggregator.consensus import consensus_rules
 from queuewatch.aggregator.contributions import contribution_row
 from queuewatch.aggregator.emission import Emission
 from queuewatch.aggregator.emit import WindowBatches, send_records
@@ -120,13 +119,7 @@ class Aggregator:
         self.letter_max_bytes = (
             min(dlq_max_bytes, storage.STATE_RECORD_MAX_BYTES) - _LETTER_OVERHEAD
         )
-        self.config = AggregationConfig.from_spec(
-            settings.aggregator_windows,
-            settings.aggregator_grace,
-            settings.aggregator_dedup_horizon,
-            consensus_rules(settings),
-            panes=settings.aggregator_output == "windows",
-        )
+        self.config = AggregationConfig.from_settings(settings)
         #: output ``contributions``: each accepted report once, sent before its state is
         #: written (so a durable state never holds a report whose contribution was lost)
         self.contributions = settings.aggregator_output == "contributions"

@@ -44,18 +44,22 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from queuewatch.aggregator.consensus import (
     UNJUDGED,
     ConsensusRules,
     Readings,
+    consensus_rules,
     judge,
     merge_readings,
 )
 from queuewatch.aggregator.pane import Pane
 from queuewatch.aggregator.sliding import sliding_metrics
 from queuewatch.aggregator.windows import WindowFamily, parse_duration_ms, parse_families
+
+if TYPE_CHECKING:
+    from queuewatch.settings import AggregatorSettings
 
 #: (from_country, to_country, traffic_class)
 LaneKey = tuple[str, str, str]
@@ -109,6 +113,20 @@ class AggregationConfig:
         object.__setattr__(self, "largest", max(f.size for f in self.families))
         object.__setattr__(
             self, "judged", tuple(f.size <= self.consensus_max_size for f in self.families)
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: AggregatorSettings, panes: bool | None = None
+    ) -> AggregationConfig:
+        """The configuration the settings describe. ``panes`` defaults to what the output
+        needs: output ``windows`` keeps panes, output ``contributions`` does not."""
+        return cls.from_spec(
+            settings.aggregator_windows,
+            settings.aggregator_grace,
+            settings.aggregator_dedup_horizon,
+            consensus_rules(settings),
+            panes=settings.aggregator_output == "windows" if panes is None else panes,
         )
 
     @classmethod

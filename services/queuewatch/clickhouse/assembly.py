@@ -91,21 +91,10 @@ def _spread(arr: str) -> str:
     )
 
 
-def _median(rules: ConsensusRules, name: str, has: str, ts: str, vals: str) -> str:
-    """``consensus.weighted_median`` of one metric's latest per-source values, as three
-    select-list entries: the sorted items, their running weights, and ``c_<name>``."""
-    weight = _weight(rules, "tp", "ref - t")
-    items = (
-        f"arraySort(x -> (x.1, x.2), arrayFilter(x -> x.3 > 0, arrayMap("
-        f"(h, t, v, nm, tp) -> (v, nm, if(h, {weight}, 0.0)), "
-        f"{has}, {ts}, {vals}, names, types)))"
-    )
-    return (
-        f"{items} AS items_{name},\n"
-        f"            arrayCumSum(arrayMap(x -> x.3, items_{name})) AS cum_{name},\n"
-        f"            if(empty(items_{name}), NULL, items_{name}[arrayFirstIndex("
-        f"c -> c >= cum_{name}[-1] / 2, cum_{name})].1) AS c_{name}"
-    )
+#: The metrics with a consensus: ``consensus.weighted_median`` of each one's latest
+#: per-source values (the sorted items, their running weights, ``c_<name>``), and the prefix
+#: of their per-source columns.
+_MEDIANS = (("wait", "w"), ("vehicles", "v"), ("length", "k"))
 
 
 def _exact_mean(total: str, count: str) -> str:
@@ -292,40 +281,68 @@ def windows_select(
         rank = f"toUInt64(floor({_float(q)} * (w_count - 1)))"
         return f"if(w_count = 0, NULL, bins[least({rank}, w_count - 1) + 1])"
 
-    # Per source: credibility alone (``weights`` in ``judge``), and whether it is recent.
-    cred = f"arrayMap(tp -> {credibility}, types)"
-    judged_fields = f"""
-            {_median(rules, "wait", "w_has", "w_ts", "w_vals")},
-            {_median(rules, "vehicles", "v_has", "v_ts", "v_vals")},
-            {_median(rules, "length", "k_has", "k_ts", "k_vals")},
-            arrayFilter((v, h) -> h, w_vals, w_has) AS all_waits,
-            {cred} AS creds,
-            arrayMax(arrayMap((c, h) -> if(h, c, 0.0), creds, w_has)) AS heaviest,
-            arrayFilter((v, h, c) -> h AND c > 0 AND c >= {share} * heaviest,
-                        w_vals, w_has, creds) AS weighty,
-            {_spread("weighty")} AS disagree,
-            arrayMap((st, h1, h2, h3) -> ref - st <= {rules.recent_ms} AND (h1 OR h2 OR h3),
-                     src_ts, w_has, v_has, k_has) AS is_recent,
-            arrayCount(x -> x, is_recent) AS n_recent,
-            arrayFilter((v, r, h, c) -> r AND h AND c >= {share} * heaviest,
-                        w_vals, is_recent, w_has, creds) AS recent_waits,
-            ifNull({_spread("recent_waits")}, 0.0) AS recent_spread,
-            arrayExists((tp, r) -> r AND tp IN ({official}), types, is_recent) AS recent_official,
-            arrayExists(tp -> tp IN ({official}), types) AS has_official,
-            multiIf(
+    # The consensus in levels, one subquery each: an alias used inside the same SELECT is
+    # expanded where it is used, and these chains (weighty -> heaviest -> creds, reasons ->
+    # spreads -> filtered arrays) blew the query tree up until analysing it took ~0.4 s a
+    # statement whatever the number of windows. Across a subquery a column is a column.
+    weight = _weight(rules, "tp", "ref - t")
+    levels: list[list[str]] = [
+        [
+            *(
+                f"arraySort(x -> (x.1, x.2), arrayFilter(x -> x.3 > 0, arrayMap("
+                f"(h, t, v, nm, tp) -> (v, nm, if(h, {weight}, 0.0)), "
+                f"{m}_has, {m}_ts, {m}_vals, names, types))) AS items_{name}"
+                for name, m in _MEDIANS
+            ),
+            "arrayFilter((v, h) -> h, w_vals, w_has) AS all_waits",
+            # Per source: credibility alone (``weights`` in ``judge``), and whether recent.
+            f"arrayMap(tp -> {credibility}, types) AS creds",
+            f"arrayMap((st, h1, h2, h3) -> ref - st <= {rules.recent_ms} AND (h1 OR h2 OR h3), "
+            "src_ts, w_has, v_has, k_has) AS is_recent",
+            f"arrayExists(tp -> tp IN ({official}), types) AS has_official",
+            f"arrayFilter((st, tp) -> tp IN ({official}), src_ts, types) AS official_ts",
+        ],
+        [
+            *(f"arrayCumSum(arrayMap(x -> x.3, items_{n})) AS cum_{n}" for n, _ in _MEDIANS),
+            "arrayMax(arrayMap((c, h) -> if(h, c, 0.0), creds, w_has)) AS heaviest",
+            "arrayCount(x -> x, is_recent) AS n_recent",
+            f"arrayExists((tp, r) -> r AND tp IN ({official}), types, is_recent) "
+            "AS recent_official",
+        ],
+        [
+            *(
+                f"if(empty(items_{n}), NULL, items_{n}[arrayFirstIndex("
+                f"c -> c >= cum_{n}[-1] / 2, cum_{n})].1) AS c_{n}"
+                for n, _ in _MEDIANS
+            ),
+            f"arrayFilter((v, h, c) -> h AND c > 0 AND c >= {share} * heaviest, "
+            "w_vals, w_has, creds) AS weighty",
+            f"arrayFilter((v, r, h, c) -> r AND h AND c >= {share} * heaviest, "
+            "w_vals, is_recent, w_has, creds) AS recent_waits",
+        ],
+        [
+            f"{_spread('weighty')} AS disagree",
+            f"ifNull({_spread('recent_waits')}, 0.0) AS recent_spread",
+            "arrayMin(weighty) AS weighty_min",
+            "arrayMax(weighty) AS weighty_max",
+            "arrayMin(recent_waits) AS recent_min",
+            "arrayMax(recent_waits) AS recent_max",
+        ],
+        [
+            f"""multiIf(
                 c_wait IS NULL AND c_vehicles IS NULL AND c_length IS NULL, 'low',
                 disagree IS NOT NULL AND disagree > {_float(rules.disagree_spread)}, 'low',
                 n_sources = 1 AND NOT has_official, 'low',
                 n_recent >= {rules.high_min_sources} AND recent_official
                     AND recent_spread <= {_float(rules.high_max_spread)}, 'high',
-                'medium') AS c_confidence,
-            multiIf(
+                'medium') AS c_confidence""",
+            f"""multiIf(
                 c_wait IS NULL AND c_vehicles IS NULL AND c_length IS NULL,
                 [concat(toString(n_sources), ' source', if(n_sources > 1, 's', ''),
                         ', none gives a wait or a queue')],
                 disagree IS NOT NULL AND disagree > {_float(rules.disagree_spread)},
-                [concat('sources disagree: ', {_minutes("arrayMin(weighty)")}, '–',
-                        {_minutes("arrayMax(weighty)")})],
+                [concat('sources disagree: ', {_minutes("weighty_min")}, '–',
+                        {_minutes("weighty_max")})],
                 n_sources = 1 AND NOT has_official,
                 [concat('single ', replaceAll(types[1], '_', ' '), ' source')],
                 n_recent >= {rules.high_min_sources} AND recent_official
@@ -341,10 +358,18 @@ def windows_select(
                     if(recent_spread > {_float(rules.high_max_spread)} AND NOT empty(recent_waits),
                        concat('sources differ by ',
                               toString(toInt64(roundBankers(recent_spread * 100))), ' %: ',
-                              {_minutes("arrayMin(recent_waits)")}, '–',
-                              {_minutes("arrayMax(recent_waits)")}), '')
-                ])) AS c_reasons,
-            arrayFilter((st, tp) -> tp IN ({official}), src_ts, types) AS official_ts"""
+                              {_minutes("recent_min")}, '–',
+                              {_minutes("recent_max")}), '')
+                ])) AS c_reasons""",
+        ],
+    ]
+    judged = per_window
+    for level in levels:
+        fields = ",\n            ".join(level)
+        judged = f"""
+        SELECT *,
+            {fields}
+        FROM ({judged})"""
     return f"""
     SELECT
         crossing_id, from_country, to_country, traffic_class, window_size,
@@ -384,6 +409,5 @@ def windows_select(
            map()) AS sources_by_type,
         if(judged AND NOT empty(official_ts),
            toNullable(fromUnixTimestamp64Milli(arrayMax(official_ts), 'UTC')), NULL)
-            AS official_observed_at,
-        {judged_fields}
-    FROM ({per_window})"""
+            AS official_observed_at
+    FROM ({judged})"""

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal
 
-from queuewatch.aggregator.consensus import consensus_rules
 from queuewatch.aggregator.state import AggregationConfig
 from queuewatch.clickhouse import embedded
 from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors, connect, redact
@@ -153,13 +152,7 @@ def default_writer(client: Any, spec: SinkSpec) -> BatchWriter:
     )
     if spec.kind != "contributions":
         return writer
-    aggregator = AggregatorSettings()
-    config = AggregationConfig.from_spec(
-        aggregator.aggregator_windows,
-        aggregator.aggregator_grace,
-        aggregator.aggregator_dedup_horizon,
-        consensus_rules(aggregator),
-    )
+    config = AggregationConfig.from_settings(AggregatorSettings())
     return contributions.AssemblingWriter(client, writer, config, spec.table.split(".", 1)[0])
 
 
@@ -361,13 +354,16 @@ def _run_one(cp: Checkpointer, stop: threading.Event, failures: list[BaseExcepti
         stop.set()
     else:
         s = cp.stats
+        # The contributions sink also writes the windows it assembles inside ClickHouse.
+        assembled = getattr(cp.writer, "windows_written", None)
         log.info(
-            "%s stopped cleanly: %d records, %d rows written in %d batches, %d passed over",
+            "%s stopped cleanly: %d records, %d rows written in %d batches, %d passed over%s",
             cp.name,
             s.records,
             s.rows_written,
             s.batches,
             s.skipped,
+            "" if assembled is None else f"; {assembled} window rows assembled",
         )
 
 
