@@ -2,8 +2,8 @@
 
 Why: the contributions sink's benchmark needs the records `queuewatch aggregator` with
 ``QUEUEWATCH_AGGREGATOR_OUTPUT=contributions`` would publish for a dataset, without running
-an aggregator in the timed part. This drives the aggregator's own pieces (``intake``,
-``CrossingState.apply``, ``contribution_row``) over the log in order, one partition, as a
+an aggregator in the timed part. This drives the aggregator's own steps (``intake``,
+``contributions.apply_report``) over the log in order, one partition, as a
 single worker that never restarts would, with the partitions the SDK's partitioner gives
 (murmur2 of the key, as Kafka's Java client); the sink then sees exactly those records.
 """
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from kafka.partitioner.default import murmur2
 
-from queuewatch.aggregator.contributions import contribution_row
+from queuewatch.aggregator.contributions import apply_report
 from queuewatch.aggregator.intake import RawMessage, intake, reader_schema
-from queuewatch.aggregator.state import NO_WATERMARK, AggregationConfig, CrossingState, Outcome
+from queuewatch.aggregator.state import NO_WATERMARK, AggregationConfig, CrossingState
 from queuewatch.contract.codec import encode
 from queuewatch.contract.schemas import CROSSING_CONTRIBUTION, default_registry
 from queuewatch.settings import AggregatorSettings
@@ -47,11 +47,10 @@ def contribution_messages(
         state = states.get(cid)
         if state is None:
             state = states[cid] = CrossingState(cid, config)
-        state.seal_if_idle(clocks[item.partition])
-        wm0, sealed = state.watermark, state.sealed
-        outcome = state.apply(item.record, item.partition, item.offset)
-        if outcome is Outcome.ACCEPTED or outcome is Outcome.LATE:
-            row = contribution_row(cid, state.added[-1], wm0, sealed, config.grace, now_ms)
+        p = item.partition
+        _, row = apply_report(state, item.record, p, item.offset, clocks[p], contribute=True)
+        if row is not None:
+            row["updated_at"] = now_ms
             out.append((cid.encode(), encode(row, schema)))
-        clocks[item.partition] = max(clocks[item.partition], item.record["observed_at"])
+        clocks[p] = max(clocks[p], item.record["observed_at"])
     return out

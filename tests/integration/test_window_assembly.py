@@ -186,3 +186,27 @@ def test_assembled_windows_equal_the_aggregators_to_the_bit(client: Any, seed: i
     assert len(rows) == len(reference) > 500
     confidences = {r["confidence"] for r in rows}
     assert {"high", "medium", "low", "unknown"} <= confidences, confidences
+
+
+def test_the_contributions_sink_counts_every_row_its_assemblies_write(client: Any) -> None:
+    """``AssemblingWriter.windows_written`` is what `rows written downstream` reports: on
+    chdb it comes from the engine's insert counter, so it must equal the rows that landed
+    (crossing_windows and, through its view, window_latest), and count a rewrite again."""
+    from queuewatch.sinks.contributions import AssemblingWriter
+    from queuewatch.sinks.writer import ClickHouseWriter
+
+    _, contributions = replay(random.Random(7), "kz-ru-syrym", 200, 20)
+    rows = [tuple(c[k] for k in COLUMNS) for c in contributions]  # as the sink decodes them
+    inner = ClickHouseWriter(client, f"{DB}.crossing_contributions", COLUMNS)
+    writer = AssemblingWriter(client, inner, CONFIG, DB)
+    writer.write(rows, "batch-1")
+
+    def count(table: str, final: str = "") -> int:
+        return int(client.command(f"SELECT count() FROM {DB}.{table} {final}"))
+
+    first = writer.windows_written
+    assert first == count("crossing_windows") + count("window_latest") > len(rows)
+    windows = count("crossing_windows", "FINAL")
+    writer.write(rows, "batch-1")  # a replay after a crash: the contributions are deduplicated,
+    assert writer.windows_written == 2 * first  # the windows written again, the same rows
+    assert count("crossing_windows", "FINAL") == windows

@@ -27,7 +27,7 @@ import faust
 
 from queuewatch.aggregator import checkpoint, storage
 from queuewatch.aggregator.bound import STATE_TOO_LARGE, Step, fit_prefix
-from queuewatch.aggregator.contributions import contribution_row
+from queuewatch.aggregator.contributions import apply_report
 from queuewatch.aggregator.emission import Emission
 from queuewatch.aggregator.emit import WindowBatches, send_records
 from queuewatch.aggregator.gaps import GapProbe
@@ -421,8 +421,7 @@ class Aggregator:
         replayed = 0
         clocks = self._clocks
         before: list[int] = []  # each report's partition clock before it (see bound)
-        contributions = self.contributions
-        grace = self.config.grace
+        contribute = self.contributions
         for item in accepted:
             record = item.record
             cid = record["crossing_id"]
@@ -432,14 +431,9 @@ class Aggregator:
             if clock is None:
                 clock = self._clock(partition)
             before.append(clock)
-            if item.offset > state.applied.get(partition, -1):  # a replay changes nothing
-                state.seal_if_idle(clock)
-            wm0, sealed = state.watermark, state.sealed
-            outcome = state.apply(record, partition, item.offset)
-            if contributions and (outcome is Outcome.ACCEPTED or outcome is Outcome.LATE):
-                self._pending[(partition, item.offset)] = contribution_row(
-                    cid, state.added[-1], wm0, sealed, grace, 0
-                )
+            outcome, row = apply_report(state, record, partition, item.offset, clock, contribute)
+            if row is not None:
+                self._pending[(partition, item.offset)] = row
             if record["observed_at"] > clock:
                 clocks[partition] = record["observed_at"]
             totals[outcome.value] += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from queuewatch.aggregator.sketch import wait_bin
-from queuewatch.aggregator.state import Contribution
+from queuewatch.aggregator.state import Contribution, CrossingState, Outcome
 
 #: ``crossing_contributions``' columns, in table order (migration 0006).
 COLUMNS = (
@@ -72,3 +72,30 @@ def contribution_row(
         "status": status,
         "updated_at": updated_at,
     }
+
+
+def apply_report(
+    state: CrossingState,
+    record: dict[str, Any],
+    partition: int,
+    offset: int,
+    clock: int,
+    contribute: bool,
+) -> tuple[Outcome, dict[str, Any] | None]:
+    """One report as the agent applies it, and its contribution row when it counts.
+
+    ``clock`` is the partition's newest ``observed_at`` before this report: a crossing idle a
+    dedup horizon behind it is sealed first (a replayed offset changes nothing, so it seals
+    nothing either). The row (``updated_at`` 0, set when it is sent) is made only with
+    ``contribute`` (output ``contributions``) and only for a report the state counted.
+    """
+    if offset > state.applied.get(partition, -1):
+        state.seal_if_idle(clock)
+    wm0, sealed = state.watermark, state.sealed
+    outcome = state.apply(record, partition, offset)
+    if contribute and (outcome is Outcome.ACCEPTED or outcome is Outcome.LATE):
+        row = contribution_row(
+            state.crossing_id, state.added[-1], wm0, sealed, state.config.grace, 0
+        )
+        return outcome, row
+    return outcome, None

@@ -169,7 +169,7 @@ def windows_select(
     database: str = "default",
     lanes: Sequence[LaneSpan] | None = None,
 ) -> str:
-    """A SELECT of windows the contributions make, with ``crossing_windows``' columns first.
+    """A SELECT of windows the contributions make, with ``crossing_windows``' columns.
 
     Without ``lanes``: every window. With ``lanes``: only the windows of those lanes that
     overlap their span (``start <= last`` and ``end > first``), each computed from every
