@@ -210,3 +210,35 @@ def test_the_contributions_sink_counts_every_row_its_assemblies_write(client: An
     writer.write(rows, "batch-1")  # a replay after a crash: the contributions are deduplicated,
     assert writer.windows_written == 2 * first  # the windows written again, the same rows
     assert count("crossing_windows", "FINAL") == windows
+
+
+def test_hostile_crossing_ids_in_contributions_are_data_not_sql(client: Any) -> None:
+    """The contributions topic is an entry point: whoever can write it chooses the crossing
+    ids the assembly puts into its SQL (the batch's lanes are a literal). Ids built to break
+    out of that literal must come back as the same strings, and nothing else may run."""
+    from queuewatch.sinks.contributions import AssemblingWriter
+    from queuewatch.sinks.writer import ClickHouseWriter
+
+    ids = [
+        f"x'); DROP TABLE {DB}.crossing_windows; --",
+        "ends in a backslash\\",
+        "\\'",
+        "' OR 1=1 --",
+        'line\nbreak\ttab"quote',
+        "nul\x00byte",
+        "ünï©ødé",
+        "{{database}}",
+        "a" * 5000,
+    ]
+    rows = []
+    for cid in ids:
+        _, contributions = replay(random.Random(1), cid, 5, 20)
+        rows += [tuple(c[k] for k in COLUMNS) for c in contributions]
+    writer = AssemblingWriter(
+        client, ClickHouseWriter(client, f"{DB}.crossing_contributions", COLUMNS), CONFIG, DB
+    )
+    writer.write(rows, "hostile")
+    result = client.query(f"SELECT DISTINCT crossing_id FROM {DB}.crossing_windows")
+    assert {r[0] for r in result.result_rows} == set(ids)
+    tables = {r[0] for r in client.query(f"SHOW TABLES FROM {DB}").result_rows}
+    assert {"crossing_windows", "crossing_contributions", "window_latest"} <= tables
