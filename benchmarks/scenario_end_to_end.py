@@ -11,10 +11,13 @@ Latency of a report = when it became visible - when it was due:
 
 * in ``queue_reports``: ``ingested_at - observed_at`` of every row (``ingested_at`` is the
   insert's own clock, the row is readable right after);
-* in ``crossing_windows``: the harness asks, every ``POLL_S``, for each crossing's largest
-  ``last_observed_at`` among its 1 h windows; a report is visible once that reaches its
-  ``observed_at`` (reports of a crossing are due in order, so this is exact up to the
-  polling interval plus the query's own time, which are recorded).
+* in the windows: the harness asks, every ``POLL_S``, for each crossing's largest
+  ``last_observed_at`` among its current 1 h windows (``window_latest``, what
+  ``crossing_status`` and the dashboard read: a table fed with every window insert under
+  output windows, a view assembled from the contributions under output contributions); a
+  report is visible once that reaches its ``observed_at`` (reports of a crossing are due in
+  order, so this is exact up to the polling interval plus the query's own time, which are
+  recorded).
 
 A report still invisible when the drain time runs out counts with (end of drain - due), a
 lower bound; the result says so. Sustained ("no growing lag") means: every report became
@@ -84,7 +87,7 @@ def _encode(
 
 
 class WindowVisibility:
-    """Polls crossing_windows and records when each report's window became visible."""
+    """Polls the current windows and records when each report's window became visible."""
 
     def __init__(self, address: str, due: list[tuple[str, int]]) -> None:
         self.address = address
@@ -115,7 +118,7 @@ class WindowVisibility:
     def _run(self) -> None:
         sql = (
             "SELECT crossing_id, toUnixTimestamp64Milli(max(last_observed_at)) AS seen "
-            "FROM crossing_windows WHERE window_size = '1h' AND crossing_id LIKE 'e2e-%' "
+            "FROM window_latest FINAL WHERE window_size = '1h' AND crossing_id LIKE 'e2e-%' "
             "GROUP BY crossing_id"
         )
         while not self._stop.is_set() and self.remaining:
@@ -232,7 +235,7 @@ def one_rate(ctx: Context, rate: int, output: str = "windows") -> dict[str, Any]
 
     ``output`` is QUEUEWATCH_AGGREGATOR_OUTPUT: ``windows`` (the default: the aggregator emits
     the windows, the window sink writes them) or ``contributions`` (aggregator v2: one record
-    per report, the contributions sink assembles the windows inside ClickHouse).
+    per report, written by the contributions sink; the windows are views assembled when read).
     """
     plan = ctx.plan
     topics, group = run_ids(f"e2e{rate}")
@@ -324,7 +327,7 @@ def _wait_ready(address: str, sink: processes.Child, agg: processes.Child) -> No
         sink.check_alive()
         agg.check_alive()
         try:
-            _query(address, "SELECT count() FROM crossing_windows")
+            _query(address, "SELECT count() FROM crossing_contributions")
             break
         except Exception:
             time.sleep(0.5)
@@ -356,7 +359,7 @@ def end_to_end(ctx: Context) -> dict[str, Any]:
     return {
         "what": "publish at an offered rate -> visible in queue_reports and crossing_windows "
         "(aggregator 1 worker + sink all on chdb, all on this machine); rates: output windows, "
-        "contributions.rates: output contributions (the sink assembles the windows)",
+        "contributions.rates: output contributions (the windows are views assembled when read)",
         "duration_s": plan.e2e_seconds,
         "crossings": plan.e2e_crossings,
         "rates": per_output["windows"],

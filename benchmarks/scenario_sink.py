@@ -4,10 +4,11 @@
 both sinks) replays N reports into ``queue_reports``, then, in a second process on a fresh
 folder, N window records into ``crossing_windows``, then, with output ``contributions``, the
 contributions the aggregator gives for the N reports (benchmarks/contribution_log.py) into
-``crossing_contributions`` and the windows they make into ``crossing_windows``, assembled by
-ClickHouse (drain only). For the contributions it also counts the window rows the assembly
-wrote, per contribution, on this log and on the sparse replay's log (the "rows written
-downstream per report" of issue 12). The replay protocol is the one of
+``crossing_contributions`` (drain only; the windows are views over them, assembled when
+read). For the contributions it also counts the rows the folder stores, per contribution (the
+ClickHouse part of issue 12's "rows written downstream per report"), and times the consumer
+queries on the views (``benchmarks/view_reads.py``), on this log and on the sparse replay's
+log. The replay protocol is the one of
 benchmarks/replay.py: the clock starts when the sink is up and ends when its consumer group
 has committed everything, which the sink does only after ClickHouse accepted the rows.
 
@@ -20,11 +21,12 @@ cores) then bounds the figure from above, which it did not while the sinks were 
 
 from __future__ import annotations
 
+import json
+import os
 import random
-import re
+import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from benchmarks import processes
@@ -56,30 +58,27 @@ def sink_env(ctx: Context, topics: Topics, group: str, folder: str) -> dict[str,
 
 def contributions_env(ctx: Context, topics: Topics, group: str, folder: str) -> dict[str, str]:
     """Settings of a `queuewatch sink all` with output contributions, read from
-    ``topics.windows``; INFO, so its clean stop logs the window rows it assembled."""
+    ``topics.windows``."""
     return {
         **sink_env(ctx, topics, group, folder),
         "QUEUEWATCH_AGGREGATOR_OUTPUT": "contributions",
         "QUEUEWATCH_CONTRIBUTIONS_TOPIC": topics.windows,
         "QUEUEWATCH_CONTRIBUTIONS_SINK_GROUP": f"{group}-contributions",
-        "QUEUEWATCH_LOG_LEVEL": "INFO",
     }
 
 
-_ASSEMBLED = re.compile(r"(\d+) rows written in \d+ batches.*; (\d+) window rows assembled")
-
-
-def assembled_rows(log_path: Path, timeout_s: float = 10.0) -> tuple[int, int]:
-    """(contribution rows, window rows assembled) from the contributions sink's clean stop."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = _ASSEMBLED.findall(log_path.read_text(errors="replace"))
-        if found:
-            rows, windows = found[-1]
-            return int(rows), int(windows)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no clean stop of the contributions sink in {log_path}")
-        time.sleep(0.2)
+def view_reads(ctx: Context, folder: str, env: dict[str, str]) -> dict[str, Any]:
+    """``benchmarks.view_reads`` on a folder its sink has left: stored rows, read costs."""
+    out = subprocess.run(
+        [ctx.python, "-m", "benchmarks.view_reads", folder],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
+    )
+    found: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return found
 
 
 def sink_starter(ctx: Context, env: dict[str, str], name: str) -> Callable[[], processes.Child]:
@@ -190,9 +189,11 @@ def sink(ctx: Context) -> dict[str, Any]:
 def _contributions_run(
     ctx: Context, messages: list[tuple[bytes, bytes]], probe_at: int
 ) -> dict[str, Any]:
-    """One drain of ``messages`` (contributions) by `sink all` with output contributions."""
+    """One drain of ``messages`` (contributions) by `sink all` with output contributions,
+    then what the folder stores and what reading its windows costs (``view_reads``)."""
     topics, group = run_ids("csink")
-    env = contributions_env(ctx, topics, group, str(ctx.work / f"chdb-{group}"))
+    folder = str(ctx.work / f"chdb-{group}")
+    env = contributions_env(ctx, topics, group, folder)
     name = f"sink-contributions-{group}"
     result = replay(
         name="queuewatch sink all (contributions)",
@@ -207,10 +208,13 @@ def _contributions_run(
         hold_while_publishing=True,
     )
     figures = _rows(result.figures())
-    rows, windows = assembled_rows(ctx.log_dir / f"{name}.log")
-    # The probe is one more contribution, and its windows, outside the timed part.
-    figures["window_rows_assembled"] = windows
-    figures["window_rows_per_contribution"] = round(windows / max(rows, 1), 2)
+    found = view_reads(ctx, folder, env)
+    stored = sum(found["stored_rows"].values())
+    # The probe is one more contribution outside the timed part: rows per contribution
+    # count it on both sides.
+    figures["stored_rows"] = found["stored_rows"]
+    figures["clickhouse_rows_per_contribution"] = round(stored / (len(messages) + 1), 3)
+    figures["reads"] = found["reads"]
     return figures
 
 

@@ -101,7 +101,8 @@ class CommonSettings(BaseSettings):
     contributions_topic: str = Field(
         "crossing-contributions",
         description="The accepted reports as the aggregator counted them, when "
-        "QUEUEWATCH_AGGREGATOR_OUTPUT is contributions: the sink assembles the windows from them.",
+        "QUEUEWATCH_AGGREGATOR_OUTPUT is contributions: ClickHouse assembles the windows from "
+        "them when they are read.",
     )
     windows_retention_days: float = Field(
         30.0,
@@ -136,8 +137,8 @@ class CommonSettings(BaseSettings):
     )
     contributions_sink_group: str = Field(
         "queuewatch-contributions-sink",
-        description="Consumer group of the contributions sink (which also writes the windows "
-        "it assembles from them).",
+        description="Consumer group of the contributions sink (which writes them to "
+        "crossing_contributions; the windows are views over that table).",
     )
 
     stall_timeout_s: float = Field(
@@ -443,8 +444,9 @@ class AggregatorSettings(BaseSettings):
         "windows",
         description="What the aggregator emits: every changed window (windows), or each "
         "accepted report once with what its acceptance decided (contributions), from which "
-        "the sink assembles the same windows in ClickHouse: one message per report instead "
-        "of one per window it lies in. Part of the state: a change needs a new aggregator group.",
+        "ClickHouse assembles the same windows when they are read (crossing_windows and "
+        "window_latest become views): one message and one row per report instead of one per "
+        "window it lies in. Part of the state: a change needs a new aggregator group.",
     )
     aggregator_flush_interval_s: float = Field(
         1.0,

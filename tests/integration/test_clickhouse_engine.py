@@ -150,8 +150,10 @@ def test_readonly_client_reads_and_refuses_writes_at_the_guard_and_in_clickhouse
         reader.close()
 
 
-def queuewatch(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"QUEUEWATCH_HOME": str(home), "PATH": "/usr/bin:/bin"}
+def queuewatch(
+    home: Path, *args: str, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {"QUEUEWATCH_HOME": str(home), "PATH": "/usr/bin:/bin", **(extra or {})}
     return subprocess.run(
         [sys.executable, "-m", "queuewatch", *args],
         env=env,
@@ -205,3 +207,24 @@ def test_folder_held_by_another_process_gives_a_one_line_error(tmp_path: Path) -
     finally:
         holder.kill()
         holder.wait(30)
+
+
+def test_migrate_with_output_contributions_makes_the_window_views_once(tmp_path: Path) -> None:
+    """`queuewatch migrate` is where a deployment's DDL runs (compose's one-shot): with output
+    contributions it also turns crossing_windows and window_latest into views, and a second
+    run finds them as they should be and changes nothing."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return queuewatch(tmp_path, *args, extra={"QUEUEWATCH_AGGREGATOR_OUTPUT": "contributions"})
+
+    first = run("migrate")
+    assert first.returncode == 0, first.stderr
+    assert "dropped the empty table crossing_windows" in first.stdout
+    assert "made the view crossing_windows" in first.stdout
+    assert "made the view window_latest" in first.stdout
+    again = run("migrate")
+    assert again.returncode == 0, again.stderr
+    assert "made the view" not in again.stdout
+    done = run("query", "SELECT count() AS n FROM crossing_status", "-f", "csv")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ['"n"', "0"]

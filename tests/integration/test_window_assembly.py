@@ -22,6 +22,7 @@ from queuewatch.aggregator.state import AggregationConfig, CrossingState, Outcom
 from queuewatch.clickhouse.assembly import windows_select
 from queuewatch.clickhouse.client import connect
 from queuewatch.clickhouse.migrations import migrate
+from queuewatch.clickhouse.serving import serve_assembled
 
 pytestmark = pytest.mark.integration
 
@@ -60,12 +61,17 @@ def report(rng: random.Random, cid: str, t: int, n: int) -> dict[str, Any]:
 
 
 def replay(
-    rng: random.Random, cid: str, count: int, minutes_per_report: int
+    rng: random.Random,
+    cid: str,
+    count: int,
+    minutes_per_report: int,
+    bus: dict[int, int] | None = None,
 ) -> tuple[dict[tuple[Any, ...], dict[str, Any]], list[dict[str, Any]]]:
     """The reference windows (newest version of each) and the contributions of one log.
 
     The contributions come from a second state without panes (output ``contributions``),
-    fed the same log: it must decide exactly as the reference does.
+    fed the same log: it must decide exactly as the reference does. ``bus``: report ``n``
+    is sent instead on the lane of class ``bus``, ``bus[n]`` ms behind the log's time.
     """
     state = CrossingState(cid, CONFIG)
     lean = CrossingState(cid, LEAN)
@@ -87,6 +93,8 @@ def replay(
         # mostly in order; some up to 90 min late (within the grace), a few 3-6 h late
         late = rng.choice([0] * 12 + [rng.randrange(90 * MINUTE), rng.randrange(3, 6) * HOUR])
         record = report(rng, cid, t - late, n)
+        if bus and n in bus:
+            record = {**report(rng, cid, t - bus[n], n), "traffic_class": "bus"}
         if record["observed_at"] - clock > SILENCE // 2:
             clock = record["observed_at"] - 1  # other crossings move the partition's clock
         state.seal_if_idle(clock)
@@ -188,39 +196,13 @@ def test_assembled_windows_equal_the_aggregators_to_the_bit(client: Any, seed: i
     assert {"high", "medium", "low", "unknown"} <= confidences, confidences
 
 
-def test_the_contributions_sink_counts_every_row_its_assemblies_write(client: Any) -> None:
-    """``AssemblingWriter.windows_written`` is what `rows written downstream` reports: on
-    chdb it comes from the engine's insert counter, so it must equal the rows that landed
-    (crossing_windows and, through its view, window_latest), and count a rewrite again."""
-    from queuewatch.sinks.contributions import AssemblingWriter
-    from queuewatch.sinks.writer import ClickHouseWriter
-
-    _, contributions = replay(random.Random(7), "kz-ru-syrym", 200, 20)
-    rows = [tuple(c[k] for k in COLUMNS) for c in contributions]  # as the sink decodes them
-    inner = ClickHouseWriter(client, f"{DB}.crossing_contributions", COLUMNS)
-    writer = AssemblingWriter(client, inner, CONFIG, DB)
-    writer.write(rows, "batch-1")
-
-    def count(table: str, final: str = "") -> int:
-        return int(client.command(f"SELECT count() FROM {DB}.{table} {final}"))
-
-    first = writer.windows_written
-    assert first == count("crossing_windows") + count("window_latest") > len(rows)
-    windows = count("crossing_windows", "FINAL")
-    writer.write(rows, "batch-1")  # a replay after a crash: the contributions are deduplicated,
-    assert writer.windows_written == 2 * first  # the windows written again, the same rows
-    assert count("crossing_windows", "FINAL") == windows
-
-
 def test_hostile_crossing_ids_in_contributions_are_data_not_sql(client: Any) -> None:
     """The contributions topic is an entry point: whoever can write it chooses the crossing
-    ids the assembly puts into its SQL (the batch's lanes are a literal). Ids built to break
-    out of that literal must come back as the same strings, and nothing else may run."""
-    from queuewatch.sinks.contributions import AssemblingWriter
-    from queuewatch.sinks.writer import ClickHouseWriter
-
+    ids. They are data in every query of the assembled layout (no id enters an SQL text):
+    ids built to break out of a literal must come back as the same strings through the
+    views, and nothing else may run."""
     ids = [
-        f"x'); DROP TABLE {DB}.crossing_windows; --",
+        f"x'); DROP TABLE {DB}.crossing_contributions; --",
         "ends in a backslash\\",
         "\\'",
         "' OR 1=1 --",
@@ -228,17 +210,105 @@ def test_hostile_crossing_ids_in_contributions_are_data_not_sql(client: Any) -> 
         "nul\x00byte",
         "ünï©ødé",
         "{{database}}",
+        "{since:String}",
         "a" * 5000,
     ]
-    rows = []
+    contributions = []
     for cid in ids:
-        _, contributions = replay(random.Random(1), cid, 5, 20)
-        rows += [tuple(c[k] for k in COLUMNS) for c in contributions]
-    writer = AssemblingWriter(
-        client, ClickHouseWriter(client, f"{DB}.crossing_contributions", COLUMNS), CONFIG, DB
-    )
-    writer.write(rows, "hostile")
-    result = client.query(f"SELECT DISTINCT crossing_id FROM {DB}.crossing_windows")
-    assert {r[0] for r in result.result_rows} == set(ids)
+        contributions += replay(random.Random(1), cid, 5, 20)[1]
+    assembled(client, contributions)
+    serve_assembled(client, DB, CONFIG)
+    for view in ("crossing_windows", "current_windows", "crossing_status"):
+        result = client.query(f"SELECT DISTINCT crossing_id FROM {DB}.{view}")
+        assert {r[0] for r in result.result_rows} == set(ids), view
     tables = {r[0] for r in client.query(f"SHOW TABLES FROM {DB}").result_rows}
     assert {"crossing_windows", "crossing_contributions", "window_latest"} <= tables
+
+
+def test_a_stored_database_switches_to_assembled_windows_and_keeps_its_rows(client: Any) -> None:
+    """``serve_assembled`` on a database migrated for stored windows: the window tables
+    become views (rows kept as ``*_stored``), every view on them reads the assembled
+    windows, a second call changes nothing, and the window sink is refused after it."""
+    from queuewatch.clickhouse import serving
+    from queuewatch.errors import ConfigurationError
+
+    windows, contributions = replay(random.Random(11), "kz-ru-syrym", 150, 20)
+    row = next(iter(windows.values()))
+    client.insert(
+        f"{DB}.crossing_windows",
+        [[row["crossing_id"], row["window_size"]]],
+        column_names=["crossing_id", "window_size"],
+    )
+    assert serving.layout(client, DB) == "stored"
+    serving.require_stored(client, DB, "the window sink")  # no complaint yet
+    assembled(client, contributions)
+    done = serve_assembled(client, DB, CONFIG)
+    assert any("crossing_windows_stored" in line for line in done), done
+    assert serving.layout(client, DB) == "assembled"
+    assert serve_assembled(client, DB, CONFIG) == []  # the views made again, nothing else
+    kept = client.command(f"SELECT count() FROM {DB}.crossing_windows_stored")
+    assert int(kept) == 1
+
+    got = client.query(f"SELECT * FROM {DB}.crossing_windows FINAL")
+    rows = [dict(zip(got.column_names, r, strict=True)) for r in got.result_rows]
+    assert not compare(windows, rows) and len(rows) == len(windows)
+    current = client.query(f"SELECT * FROM {DB}.current_windows")
+    lanes = latest({("kz-ru-syrym", *k): v for k, v in windows.items()})
+    assert len(current.result_rows) == len(lanes) == 6  # car and truck, three families
+    status = client.query(
+        f"SELECT traffic_class, reports_24h, confidence FROM {DB}.crossing_status"
+    ).result_rows
+    by_class = {r[0]: r for r in status}
+    for (_, traffic_class, size), want in lanes.items():
+        if size == "24h":
+            assert by_class[traffic_class][1] == want["reports"]
+    with pytest.raises(ConfigurationError, match="view over crossing_contributions"):
+        serving.require_stored(client, DB, "the window sink")
+
+
+def latest(reference: dict[tuple[Any, ...], dict[str, Any]]) -> dict[tuple[Any, ...], dict]:
+    """``window_latest``'s rule over the reference windows (0004): per lane and family, the
+    row with the latest report, then the soonest end, then the newest version."""
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for key, row in reference.items():
+        lane = (key[0], row["traffic_class"], row["window_size"])
+        rank = (row["last_observed_at"], -row["window_end"], row["version"])
+        old = best.get(lane)
+        if old is None or rank > (old["last_observed_at"], -old["window_end"], old["version"]):
+            best[lane] = row
+    return best
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_current_windows_are_window_latests_rows(client: Any, seed: int) -> None:
+    """``windows_select(current=True)`` (the ``window_latest`` of output contributions) gives,
+    per lane and family, exactly the window the materialized ``window_latest`` keeps."""
+    rng = random.Random(seed)
+    reference: dict[tuple[Any, ...], dict[str, Any]] = {}
+    contributions: list[dict[str, Any]] = []
+    # The bus lanes get two reports: one in order, then one 3 h 10 min late, later than the
+    # grace (2 h), that no 1 h window takes and only the 3 h windows ending after the
+    # watermark - grace do. The lane's current 1 h window is then the first report's.
+    for cid, count, every, bus in (
+        ("ge-ru-verkhny-lars", 600, 1, {300: 0, 599: 190 * MINUTE}),
+        ("kz-ru-syrym", 120, 20, {105: 0, 119: 190 * MINUTE}),
+    ):
+        windows, rows = replay(rng, cid, count, every, bus)
+        reference.update({(cid, *k): v for k, v in windows.items()})
+        contributions += rows
+    assembled(client, contributions)
+    sql = windows_select(
+        CONFIG.families, CONFIG.consensus, CONFIG.consensus_max_size, DB, current=True
+    )
+    result = client.query(sql)
+    rows = [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+    want = latest(reference)
+    got = {(r["crossing_id"], r["traffic_class"], r["window_size"]): r for r in rows}
+    assert set(got) == set(want) and len(want) == 18
+    problems = []
+    for lane, row in want.items():
+        problems += compare(
+            {(row["traffic_class"], row["window_size"], row["window_start"]): row},
+            [got[lane]],
+        )
+    assert not problems, "\n".join(problems[:15])

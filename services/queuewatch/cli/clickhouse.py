@@ -30,14 +30,17 @@ class FormatChoice(StrEnum):
 
 @app.command()
 def migrate() -> None:
-    """Apply the ClickHouse migrations in infra/clickhouse/ that are not applied yet."""
-    from queuewatch.clickhouse import embedded
+    """Apply the ClickHouse migrations in infra/clickhouse/ that are not applied yet (and,
+    with output contributions, make the window views)."""
+    from queuewatch.aggregator.state import AggregationConfig
+    from queuewatch.clickhouse import embedded, serving
     from queuewatch.clickhouse.client import connect
     from queuewatch.clickhouse.migrations import migrate as apply
     from queuewatch.errors import QueuewatchError
-    from queuewatch.settings import CommonSettings
+    from queuewatch.settings import AggregatorSettings, CommonSettings
 
     common = CommonSettings()
+    agg = AggregatorSettings()
     setup_logging(common.log_level)
     url = common.resolved_clickhouse_url
     try:
@@ -56,6 +59,15 @@ def migrate() -> None:
             client = connect(url)
             try:
                 applied = apply(client, common.clickhouse_database)
+                # Output contributions: the windows are views, made here too, so a deployment
+                # whose sinks may not run DDL (compose) gets them from this one-shot.
+                changed = (
+                    serving.serve_assembled(
+                        client, common.clickhouse_database, AggregationConfig.from_settings(agg)
+                    )
+                    if agg.aggregator_output == "contributions"
+                    else []
+                )
             finally:
                 client.close()
         finally:
@@ -65,6 +77,8 @@ def migrate() -> None:
         raise fail(exc) from None
     for migration in applied:
         typer.echo(f"applied {migration.path.name}")
+    for line in changed:
+        typer.echo(f"{line} (output contributions: windows assembled when read)")
     typer.echo(f"database {common.clickhouse_database} is up to date")
 
 
@@ -108,7 +122,7 @@ def sink(
         SinkChoice,
         typer.Argument(
             help="raw (queue-reports), windows (crossing-windows), contributions "
-            "(crossing-contributions, assembling the windows) or all (raw, and windows or "
+            "(crossing-contributions; the windows are views over them) or all (raw, and windows or "
             "contributions as QUEUEWATCH_AGGREGATOR_OUTPUT says)."
         ),
     ],

@@ -7,7 +7,7 @@ once, as a *contribution* (``crossing_contributions``): the report's values plus
 and the two bounds its acceptance carried. The windows are then a query over contributions
 (:func:`windows_select`), with the same columns and keys as ``crossing_windows``.
 
-Exactness, field by field, against ``CrossingState`` (``tests/unit/test_window_assembly.py``
+Exactness, field by field, against ``CrossingState`` (``tests/integration/test_window_assembly.py``
 proves it on random logs, through a real ClickHouse engine):
 
 * **Lateness.** A window counts a report when ``window_end + grace > watermark before it``
@@ -125,41 +125,59 @@ def _fixed(expr: str) -> str:
     )
 
 
-#: ``(crossing_id, from_country, to_country, traffic_class, first ms, last ms)``: a lane and
-#: the event-time span of the contributions a batch brought it.
-LaneSpan = tuple[str, str, str, str, int, int]
+#: Stands for no window: beyond any time (ms) a window could start.
 _FAR = 1 << 62
 
 
-def _lanes_literal(lanes: Sequence[LaneSpan]) -> str:
-    return (
-        "["
-        + ",".join(
-            f"({_string(c)},{_string(f)},{_string(to)},{_string(k)},{lo},{hi})"
-            for c, f, to, k, lo, hi in lanes
-        )
-        + "]"
-    )
+def _first_start(family: WindowFamily, above: str) -> str:
+    """The smallest start of ``family`` greater than the SQL integer ``above``."""
+    lo = f"({above} + 1)"
+    return f"({lo} + positiveModulo(-{lo}, {family.step}))"
 
 
-def materialize_sql(
-    families: Sequence[WindowFamily],
-    rules: ConsensusRules,
-    consensus_max_size: int,
-    database: str,
-    columns: Sequence[str],
-    lanes: Sequence[LaneSpan],
-) -> str:
-    """``INSERT INTO crossing_windows`` the windows a batch of contributions touched.
+def _current_source(families: Sequence[WindowFamily], database: str) -> str:
+    """The contributions of each lane's current windows, each with ``cur``: their starts.
 
-    Every window of those lanes that overlaps what the batch brought, computed whole from
-    the contributions table (so a window is right whatever batch wrote it last). Versions
-    are the aggregator's, so ``FINAL`` keeps the newest; a rewrite of an unchanged window is
-    the same row again.
+    The current window of a lane and family is what ``window_latest`` keeps (0004): among
+    the windows holding the lane's latest report that the family took, the one that ends
+    the soonest. The family took a report when its newest window did (``start + size >
+    end_after`` and ``start > start_after``); ``t_i`` is the latest such report's time and
+    ``lo_i`` the lowest bound any report at that time carried, so the current window starts
+    at the first multiple of the step above ``max(t_i - size, lo_i)``. Each contribution
+    then lies in at most one window per family, and only the last ``largest size`` of a
+    lane is read, however long it has reported.
     """
-    cols = ", ".join(columns)
-    select = windows_select(families, rules, consensus_max_size, database, lanes)
-    return f"INSERT INTO {database}.crossing_windows ({cols}) SELECT {cols} FROM ({select})"
+    picks = []
+    for i, f in enumerate(families):
+        newest = f"(t - t % {f.step})"
+        cond = f"{newest} + {f.size} > end_after AND {newest} > start_after"
+        picks.append(f"maxIf((t, -greatest(end_after - {f.size}, start_after)), {cond}) AS p{i}")
+    starts = ", ".join(
+        f"if(p{i}.1 = 0, toInt64({_FAR}), "
+        f"{_first_start(f, f'greatest(p{i}.1 - {f.size}, -p{i}.2)')}) "
+        for i, f in enumerate(families)
+    )
+    earliest = ", ".join(
+        f"if(p{i}.1 = 0, {_FAR}, p{i}.1 - {f.size})" for i, f in enumerate(families)
+    )
+    return f"""
+            SELECT c.*, toUnixTimestamp64Milli(c.observed_at) AS t, l.cur AS cur
+            FROM {database}.{CONTRIBUTIONS} AS c FINAL
+            INNER JOIN (
+                SELECT crossing_id, from_country, to_country, traffic_class,
+                       [{starts}] AS cur, least({earliest}) AS since
+                FROM (
+                    SELECT crossing_id, from_country, to_country, traffic_class,
+                           {", ".join(picks)}
+                    FROM (
+                        SELECT crossing_id, from_country, to_country, traffic_class,
+                               toUnixTimestamp64Milli(observed_at) AS t, end_after, start_after
+                        FROM {database}.{CONTRIBUTIONS}
+                    )
+                    GROUP BY crossing_id, from_country, to_country, traffic_class
+                )
+            ) AS l USING (crossing_id, from_country, to_country, traffic_class)
+            WHERE toUnixTimestamp64Milli(c.observed_at) > l.since"""
 
 
 def windows_select(
@@ -167,14 +185,14 @@ def windows_select(
     rules: ConsensusRules,
     consensus_max_size: int,
     database: str = "default",
-    lanes: Sequence[LaneSpan] | None = None,
+    current: bool = False,
 ) -> str:
     """A SELECT of windows the contributions make, with ``crossing_windows``' columns.
 
-    Without ``lanes``: every window. With ``lanes``: only the windows of those lanes that
-    overlap their span (``start <= last`` and ``end > first``), each computed from every
-    contribution it holds: a window overlapping the span lies within the largest window
-    size of it, and only that much of the lane's contributions is read.
+    Every window; with ``current``, each lane's current window of each family, the rows of
+    ``window_latest`` (:func:`_current_source`). A filter on the lane's columns reaches the
+    contributions (ClickHouse pushes it below the ``GROUP BY``); one on the window's times
+    does not, since no column of a contribution says which windows it lies in.
     """
     fams = ", ".join(
         f"({_string(f.name)}, {f.size}, {f.step}, {int(f.size <= consensus_max_size)})"
@@ -186,34 +204,30 @@ def windows_select(
     agree = _string(f" sources incl. official within {within} agree within {high_pct}")
     share = _float(rules.weighty_share)
     credibility = _credibility(rules, "tp")
-    largest = max(f.size for f in families)
-    if lanes is None:
+    if current:
+        source = _current_source(families, database)
+    else:
         source = (
-            f"SELECT *, toUnixTimestamp64Milli(observed_at) AS t, toInt64({-_FAR}) AS b_min, "
-            f"toInt64({_FAR}) AS b_max FROM {database}.{CONTRIBUTIONS} FINAL"
+            f"SELECT *, toUnixTimestamp64Milli(observed_at) AS t "
+            f"FROM {database}.{CONTRIBUTIONS} FINAL"
+        )
+    # Each contribution goes to every window of every family that contains it and took it.
+    if current:
+        # ... of which only the lane's current one per family (cur[i]) is asked for.
+        starts = (
+            "arrayFilter(w -> w.4 <= t AND t < w.4 + w.2 AND w.4 + w.2 > end_after "
+            "AND w.4 > start_after, arrayMap((f, s) -> (f.1, f.2, f.4, s), "
+            f"[{fams}], cur))"
         )
     else:
-        ids = ",".join(sorted({_string(lane[0]) for lane in lanes}))
-        source = f"""
-            SELECT c.*, toUnixTimestamp64Milli(c.observed_at) AS t, b.b_min, b.b_max
-            FROM {database}.{CONTRIBUTIONS} AS c FINAL
-            INNER JOIN (
-                SELECT x.1 AS crossing_id, x.2 AS from_country, x.3 AS to_country,
-                       x.4 AS traffic_class, toInt64(x.5) AS b_min, toInt64(x.6) AS b_max
-                FROM (SELECT arrayJoin({_lanes_literal(lanes)}) AS x)
-            ) AS b USING (crossing_id, from_country, to_country, traffic_class)
-            WHERE c.crossing_id IN ({ids})
-              AND toUnixTimestamp64Milli(c.observed_at) > b.b_min - {largest}
-              AND toUnixTimestamp64Milli(c.observed_at) < b.b_max + {largest}"""
-    # Each contribution goes to every window of every family that contains it and took it.
-    starts = (
-        "arrayFlatten(arrayMap(f -> arrayMap(s -> (f.1, f.2, f.4, s), arrayFilter("
-        "s -> s + f.2 > end_after AND s > start_after AND s <= b_max AND s + f.2 > b_min, "
-        "arrayMap("
-        "i -> (t - f.2 + 1) + positiveModulo(-(t - f.2 + 1), f.3) + i * f.3, "
-        "range(toUInt64(intDiv((t - t % f.3) - ((t - f.2 + 1) + positiveModulo(-(t - f.2 + 1), "
-        f"f.3)), f.3) + 1))))), [{fams}]))"
-    )
+        starts = (
+            "arrayFlatten(arrayMap(f -> arrayMap(s -> (f.1, f.2, f.4, s), arrayFilter("
+            "s -> s + f.2 > end_after AND s > start_after, "
+            "arrayMap("
+            "i -> (t - f.2 + 1) + positiveModulo(-(t - f.2 + 1), f.3) + i * f.3, "
+            "range(toUInt64(intDiv((t - t % f.3) - ((t - f.2 + 1) + "
+            f"positiveModulo(-(t - f.2 + 1), f.3)), f.3) + 1))))), [{fams}]))"
+        )
     per_source = f"""
         SELECT
             crossing_id, from_country, to_country, traffic_class,

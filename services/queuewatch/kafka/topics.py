@@ -96,7 +96,7 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
             },
         ),
         # Derived too, the same way: the accepted reports as the aggregator counted them
-        # (QUEUEWATCH_AGGREGATOR_OUTPUT=contributions), from which the sink assembles windows.
+        # (QUEUEWATCH_AGGREGATOR_OUTPUT=contributions), from which ClickHouse assembles windows.
         TopicSpec(
             settings.contributions_topic,
             settings.reports_partitions,

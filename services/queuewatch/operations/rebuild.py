@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from queuewatch.clickhouse import embedded
+from queuewatch.clickhouse import embedded, serving
 from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors, connect
 from queuewatch.clickhouse.endpoint import socket_path
 from queuewatch.clickhouse.migrations import migrate
@@ -333,6 +333,8 @@ class Rebuild:
             self._check_stopped(kafka)
             client = connect(url)
             migrate(client, db)
+            if self.plan.windows:
+                serving.require_stored(client, db, "`queuewatch rebuild --windows`")
             if lock is not None:
                 service = QueryService(url, db, self.query_settings)
                 lock.serve(
@@ -418,11 +420,13 @@ class Rebuild:
 
         if self.plan.windows and AggregatorSettings().aggregator_output != "windows":
             raise RebuildError(
-                "QUEUEWATCH_AGGREGATOR_OUTPUT is contributions, and `rebuild --windows` "
-                "re-aggregates through the windows output only; rebuild the raw reports alone "
-                "(`queuewatch rebuild --raw`), or, to rebuild the windows, run a new "
-                "QUEUEWATCH_AGGREGATOR_GROUP and QUEUEWATCH_CONTRIBUTIONS_SINK_GROUP on a fresh "
-                "database (docs/architecture.md, output contributions)"
+                "QUEUEWATCH_AGGREGATOR_OUTPUT is contributions: the windows are views over "
+                "crossing_contributions, assembled when read, so there are no window rows to "
+                "rebuild, and a change of the consensus rules shows once the contributions "
+                "sink restarts. Rebuild the raw reports alone (`queuewatch rebuild --raw`); "
+                "after a change of the grace, which the contributions carry, re-aggregate with "
+                "a new QUEUEWATCH_AGGREGATOR_GROUP and QUEUEWATCH_CONTRIBUTIONS_SINK_GROUP on a "
+                "fresh database (docs/architecture.md, output contributions)"
             )
         groups = []
         if self.plan.windows:

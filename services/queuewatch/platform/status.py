@@ -28,10 +28,15 @@ from queuewatch.platform.broker import quiet_kafka_client_logs
 from queuewatch.platform.home import lock_holder
 from queuewatch.platform.liveness import HeartbeatRecord, judge, read_heartbeats
 from queuewatch.platform.processes import pid_alive
-from queuewatch.settings import CommonSettings, QuerySettings, redact_url
+from queuewatch.settings import AggregatorSettings, CommonSettings, QuerySettings, redact_url
 
-#: The tables whose row counts status shows (read with FINAL: one row per key).
-MAIN_TABLES = ("queue_reports", "crossing_windows")
+#: The tables whose row counts status shows (read with FINAL: one row per key), by the
+#: aggregator's output: with ``contributions`` the windows are views assembled when read, so
+#: counting them would assemble every window; the contributions they come from are counted.
+MAIN_TABLES = {
+    "windows": ("queue_reports", "crossing_windows"),
+    "contributions": ("queue_reports", "crossing_contributions"),
+}
 STATE_NAME = "up.json"
 T = TypeVar("T")
 
@@ -285,9 +290,8 @@ def _retrying(call: Callable[[], T], timeout_s: float = 15.0) -> T:
 
 def _clickhouse_status(settings: CommonSettings, report: StatusReport, timeout_s: float) -> None:
     db = settings.clickhouse_database
-    columns = ", ".join(
-        f"(SELECT count() FROM {db}.{table} FINAL) AS {table}" for table in MAIN_TABLES
-    )
+    tables = MAIN_TABLES[AggregatorSettings().aggregator_output]
+    columns = ", ".join(f"(SELECT count() FROM {db}.{table} FINAL) AS {table}" for table in tables)
     sql = f"SELECT {columns}"
     # The count must answer within status's own patience, whatever the query limit is.
     query_settings = QuerySettings().model_copy(update={"query_max_execution_time_s": timeout_s})
@@ -303,7 +307,7 @@ def _clickhouse_status(settings: CommonSettings, report: StatusReport, timeout_s
         report.problems.append(f"ClickHouse: {report.clickhouse_error}")
         return
     report.clickhouse_reachable = True
-    report.row_counts = {table: int(rows[0][table]) for table in MAIN_TABLES}
+    report.row_counts = {table: int(rows[0][table]) for table in tables}
 
 
 def _supervisor_status(home: Path, report: StatusReport) -> None:

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any, Literal
 
 from queuewatch.aggregator.state import AggregationConfig
-from queuewatch.clickhouse import embedded
+from queuewatch.clickhouse import embedded, serving
 from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors, connect, redact
 from queuewatch.clickhouse.endpoint import socket_path
 from queuewatch.clickhouse.http_endpoint import ClickHouseHttpEndpoint, load_password
@@ -138,22 +138,33 @@ WriterFactory = Callable[[Any, SinkSpec], BatchWriter]
 
 
 def default_writer(client: Any, spec: SinkSpec) -> BatchWriter:
-    """The real writer: inserts into the spec's table, split by its monthly partitions.
-
-    The contributions sink's writer then assembles the windows they touched, with the
-    aggregator's window families and consensus rules (its settings, from the environment).
-    """
-    writer = ClickHouseWriter(
+    """The real writer: inserts into the spec's table, split by its monthly partitions."""
+    return ClickHouseWriter(
         client,
         spec.table,
         spec.columns,
         monthly(spec.columns, spec.partition_column),
         spec.max_partitions,
     )
-    if spec.kind != "contributions":
-        return writer
-    config = AggregationConfig.from_settings(AggregatorSettings())
-    return contributions.AssemblingWriter(client, writer, config, spec.table.split(".", 1)[0])
+
+
+def serve_windows(client: Any, database: str, kinds: Sequence[SinkKind]) -> None:
+    """Give the database the window layout of the sinks about to run (``clickhouse.serving``).
+
+    The contributions sink needs ``crossing_windows`` and ``window_latest`` as views over
+    what it writes, made with the aggregator's window families and consensus rules (its
+    settings, from the environment); the window sink needs them as tables.
+    """
+    if "contributions" in kinds:
+        if "windows" in kinds:
+            raise ConfigurationError(
+                "the window sink and the contributions sink cannot share a database: the "
+                "windows are either stored (output windows) or assembled (output contributions)"
+            )
+        config = AggregationConfig.from_settings(AggregatorSettings())
+        serving.serve_assembled(client, database, config)
+    elif "windows" in kinds:
+        serving.require_stored(client, database, "the window sink")
 
 
 def check_partitioning(client: Any, spec: SinkSpec) -> None:
@@ -225,6 +236,7 @@ def run_sinks(
             common.clickhouse_database,
             len(applied),
         )
+        serve_windows(admin, common.clickhouse_database, kinds)
         checkpointers = []
         for kind in kinds:
             spec = sink_spec(kind, common, settings.sink_max_partitions_per_insert)
@@ -354,16 +366,13 @@ def _run_one(cp: Checkpointer, stop: threading.Event, failures: list[BaseExcepti
         stop.set()
     else:
         s = cp.stats
-        # The contributions sink also writes the windows it assembles inside ClickHouse.
-        assembled = getattr(cp.writer, "windows_written", None)
         log.info(
-            "%s stopped cleanly: %d records, %d rows written in %d batches, %d passed over%s",
+            "%s stopped cleanly: %d records, %d rows written in %d batches, %d passed over",
             cp.name,
             s.records,
             s.rows_written,
             s.batches,
             s.skipped,
-            "" if assembled is None else f"; {assembled} window rows assembled",
         )
 
 
