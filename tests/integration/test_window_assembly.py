@@ -245,7 +245,10 @@ def test_a_stored_database_switches_to_assembled_windows_and_keeps_its_rows(clie
     done = serve_assembled(client, DB, CONFIG)
     assert any("crossing_windows_stored" in line for line in done), done
     assert serving.layout(client, DB) == "assembled"
-    assert serve_assembled(client, DB, CONFIG) == []  # the views made again, nothing else
+    tables = {r[0] for r in client.query(f"SHOW TABLES FROM {DB}").result_rows}
+    assert {"crossing_windows_stored", "window_latest_stored"} <= tables  # both kept
+    assert "window_latest_mv" not in tables
+    assert serve_assembled(client, DB, CONFIG) == []  # as its settings want: no DDL
     kept = client.command(f"SELECT count() FROM {DB}.crossing_windows_stored")
     assert int(kept) == 1
 
@@ -262,6 +265,8 @@ def test_a_stored_database_switches_to_assembled_windows_and_keeps_its_rows(clie
     for (_, traffic_class, size), want in lanes.items():
         if size == "24h":
             assert by_class[traffic_class][1] == want["reports"]
+        if size == "3h":  # crossing_status's confidence is the 3 h window's (when fresh)
+            assert by_class[traffic_class][2] in (want["confidence"], "low")
     with pytest.raises(ConfigurationError, match="view over crossing_contributions"):
         serving.require_stored(client, DB, "the window sink")
 
@@ -312,3 +317,102 @@ def test_current_windows_are_window_latests_rows(client: Any, seed: int) -> None
             [got[lane]],
         )
     assert not problems, "\n".join(problems[:15])
+
+
+def _row(cid: str, t: int, seq: int, end_after: int, start_after: int) -> dict[str, Any]:
+    """A hand-made contribution of lane (cid, RU, GE, car)."""
+    return {
+        "crossing_id": cid, "from_country": "RU", "to_country": "GE", "traffic_class": "car",
+        "observed_at": t, "seq": seq, "event_id": f"{cid}-{seq}", "end_after": end_after,
+        "start_after": start_after, "source": f"s{seq}", "source_type": "sensor",
+        "wait_minutes": 10 * seq, "wait_bin": float(10 * seq), "queue_vehicles": None,
+        "queue_length_km": None, "status": "open", "updated_at": T0,
+    }  # fmt: skip
+
+
+def _current_by_the_rule(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[int, ...]]:
+    """0004's rule, by enumeration: per lane and family, among the windows holding an
+    accepted report, the one with the latest report, then the soonest end."""
+    windows: dict[tuple[str, str, int], list[int]] = {}
+    for r in rows:
+        t = r["observed_at"]
+        for f in CONFIG.families:
+            for s in f.window_starts(t):
+                if s + f.size > r["end_after"] and s > r["start_after"]:
+                    windows.setdefault((r["crossing_id"], f.name, s), []).append(t)
+    best: dict[tuple[str, str], tuple[int, ...]] = {}
+    for (cid, name, s), ts in windows.items():
+        size = next(f.size for f in CONFIG.families if f.name == name)
+        rank = (max(ts), -(s + size))
+        old = best.get((cid, name))
+        if old is None or rank > (old[2], -old[1]):
+            best[(cid, name)] = (s, s + size, max(ts), len(ts))
+    return best
+
+
+def test_current_windows_in_the_edge_cases_of_the_rule(client: Any) -> None:
+    """Hand-made lanes where a wrong bound would pick another window than 0004's rule:
+    reports at the same time with different bounds (the lowest counts), a sealed crossing
+    whose bound is the binding one, a lane no 1 h window took, and a report at t = 0."""
+    far = -(1 << 62)
+    t = T0 + 10 * HOUR + 7 * MINUTE
+    rows = [
+        # ties: the second report at t came after the watermark moved, later windows only
+        _row("tie", t - 40 * MINUTE, 1, far, far),
+        _row("tie", t, 2, t - 2 * HOUR - 50 * MINUTE, far),
+        _row("tie", t, 3, t + 20 * MINUTE, far),
+        # sealed at t - 20 min: windows must start after it
+        _row("sealed", t - 30 * MINUTE, 1, far, far),
+        _row("sealed", t, 2, t - 2 * HOUR, t - 20 * MINUTE),
+        # taken by no 1 h window (end_after beyond t + 1 h), by some 3 h and 24 h ones
+        _row("late", t, 1, t + HOUR + 5 * MINUTE, far),
+        # the epoch's first millisecond
+        _row("epoch", 0, 1, far, far),
+    ]
+    assembled(client, rows)
+    sql = windows_select(
+        CONFIG.families, CONFIG.consensus, CONFIG.consensus_max_size, DB, current=True
+    )
+    result = client.query(sql)
+    got = {
+        (r[0], r[1]): (ms(r[2]), ms(r[3]), ms(r[4]), r[5])
+        for r in client.query(
+            f"SELECT crossing_id, window_size, window_start, window_end, last_observed_at, "
+            f"reports FROM ({sql})"
+        ).result_rows
+    }
+    want = _current_by_the_rule(rows)
+    assert got == want
+    assert len(result.result_rows) == len(want) == 11  # "late" has no 1 h window
+    assert ("late", "1h") not in got and ("epoch", "1h") in got
+    # the tie: the lowest bound among the reports at t picks the window
+    assert got[("tie", "1h")][0] == CONFIG.families[0].first_window_start(t)
+    assert got[("sealed", "1h")][0] > t - 20 * MINUTE
+
+
+def test_an_interrupted_switch_is_finished_by_the_next_call(client: Any) -> None:
+    """A crash after ``window_latest_mv`` was dropped and the window table renamed: the
+    window sink is refused with what to do, and the next ``serve_assembled`` finishes."""
+    from queuewatch.clickhouse import serving
+    from queuewatch.errors import ConfigurationError
+
+    client.command(f"DROP VIEW {DB}.window_latest_mv")
+    with pytest.raises(ConfigurationError, match="window_latest_mv is missing"):
+        serving.require_stored(client, DB, "the window sink")
+    client.command(f"DROP TABLE {DB}.crossing_windows")  # ... and it was empty
+    assert serving.layout(client, DB) == "assembled"
+    done = serve_assembled(client, DB, CONFIG)
+    assert done == [
+        "dropped the empty table window_latest",
+        "made the view crossing_windows",
+        "made the view window_latest",
+    ]
+    assert int(client.command(f"SELECT count() FROM {DB}.crossing_status")) == 0
+
+
+def test_the_two_window_sinks_never_share_a_database() -> None:
+    from queuewatch.errors import ConfigurationError
+    from queuewatch.sinks.runner import serve_windows
+
+    with pytest.raises(ConfigurationError, match="cannot share a database"):
+        serve_windows(None, DB, ["raw", "windows", "contributions"])

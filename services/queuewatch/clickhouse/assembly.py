@@ -145,21 +145,23 @@ def _current_source(families: Sequence[WindowFamily], database: str) -> str:
     ``lo_i`` the lowest bound any report at that time carried, so the current window starts
     at the first multiple of the step above ``max(t_i - size, lo_i)``. Each contribution
     then lies in at most one window per family, and only the last ``largest size`` of a
-    lane is read, however long it has reported.
+    lane is assembled, however long it has reported. (Finding ``t_i`` still reads the key
+    columns of every contribution: the cost grows with the table, see
+    docs/architecture.md.)
     """
     picks = []
     for i, f in enumerate(families):
         newest = f"(t - t % {f.step})"
         cond = f"{newest} + {f.size} > end_after AND {newest} > start_after"
         picks.append(f"maxIf((t, -greatest(end_after - {f.size}, start_after)), {cond}) AS p{i}")
+        # (a count, not p_i = (0, 0): a report at the epoch's first millisecond is valid)
+        picks.append(f"countIf({cond}) AS n{i}")
     starts = ", ".join(
-        f"if(p{i}.1 = 0, toInt64({_FAR}), "
+        f"if(n{i} = 0, toInt64({_FAR}), "
         f"{_first_start(f, f'greatest(p{i}.1 - {f.size}, -p{i}.2)')}) "
         for i, f in enumerate(families)
     )
-    earliest = ", ".join(
-        f"if(p{i}.1 = 0, {_FAR}, p{i}.1 - {f.size})" for i, f in enumerate(families)
-    )
+    earliest = ", ".join(f"if(n{i} = 0, {_FAR}, p{i}.1 - {f.size})" for i, f in enumerate(families))
     return f"""
             SELECT c.*, toUnixTimestamp64Milli(c.observed_at) AS t, l.cur AS cur
             FROM {database}.{CONTRIBUTIONS} AS c FINAL

@@ -85,7 +85,7 @@ def render(statement: str, database: str) -> str:
     return statement.replace(PLACEHOLDER, f"`{database}`")
 
 
-def _check_database_name(database: str) -> None:
+def check_database_name(database: str) -> None:
     if not _DATABASE_RE.match(database):
         raise MigrationError(
             f"database name {database!r} must be a plain identifier (letters, digits, _); "
@@ -105,7 +105,7 @@ def applied_versions(client: Any, database: str) -> dict[int, str]:
 
 def migrate(client: Any, database: str, folder: Path | None = None) -> list[Migration]:
     """Apply the migrations not yet recorded in ``database``; return those applied now."""
-    _check_database_name(database)
+    check_database_name(database)
     migrations = load_migrations(folder)
     with ENGINE_LOCK, clickhouse_errors(f"creating database {database}"):
         client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")

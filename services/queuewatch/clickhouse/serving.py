@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from typing import Any, Literal
 
 from queuewatch.aggregator.state import AggregationConfig
-from queuewatch.clickhouse.assembly import windows_select
+from queuewatch.clickhouse.assembly import CONTRIBUTIONS, windows_select
 from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors
+from queuewatch.clickhouse.migrations import check_database_name
 from queuewatch.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ def layout(client: Any, database: str) -> Layout:
     """``stored`` (tables), ``assembled`` (views over contributions) or ``none`` (no schema)."""
     engine = _engines(client, database).get(WINDOWS)
     if engine is None:
-        return "none"
+        # A switch interrupted between dropping the table and making the view.
+        return "assembled" if CONTRIBUTIONS in _engines(client, database) else "none"
     return "assembled" if engine == "View" else "stored"
 
 
@@ -71,7 +74,16 @@ def require_stored(client: Any, database: str, who: str) -> None:
     Writing window rows into a database whose windows are views over contributions would
     fail at the first insert, or worse, under another layout, mix two sources of truth.
     """
-    if layout(client, database) == "assembled":
+    found = layout(client, database)
+    if found == "stored" and LATEST_MV not in _engines(client, database):
+        raise ConfigurationError(
+            f"{who}: {database}.{LATEST_MV} is missing, so window_latest and crossing_status "
+            "would stop following the windows written. A switch to output contributions was "
+            "interrupted: finish it with `queuewatch migrate` under "
+            "QUEUEWATCH_AGGREGATOR_OUTPUT=contributions, or, to stay with output windows, "
+            "use a fresh database (QUEUEWATCH_CLICKHOUSE_DATABASE) and replay the windows topic"
+        )
+    if found == "assembled":
         raise ConfigurationError(
             f"{who}: {database}.{WINDOWS} is a view over crossing_contributions here (the "
             "contributions sink made it: QUEUEWATCH_AGGREGATOR_OUTPUT=contributions), so there "
@@ -100,40 +112,42 @@ def view_statements(database: str, config: AggregationConfig) -> dict[str, tuple
 def serve_assembled(client: Any, database: str, config: AggregationConfig) -> list[str]:
     """Make ``crossing_windows`` and ``window_latest`` views over the contributions.
 
-    A database migrated for stored windows gets its window tables renamed (``*_stored``)
-    or, when empty, dropped, and ``window_latest_mv`` dropped; the views are then made from
+    A database migrated for stored windows has ``window_latest_mv`` dropped and its window
+    tables renamed (``*_stored``) or, when empty, dropped; the views are then made from
     ``config``, unless they already are (their comment holds the digest of their query).
     Returns what it changed.
+
+    Every step is read from the catalogue just before it is taken and written to be taken
+    again (``IF EXISTS``; an object already in its end state is left alone), so a switch
+    interrupted at any step (a crash, a refused statement) is finished by the next call, and
+    two processes starting at once end in the same schema.
     """
-    tables = _tables(client, database)
-    engines = {name: engine for name, (engine, _) in tables.items()}
-    if WINDOWS not in engines:
+    check_database_name(database)
+    if CONTRIBUTIONS not in _engines(client, database):
         raise ConfigurationError(
-            f"{database} has no {WINDOWS}: run the migrations first (`queuewatch migrate`)"
+            f"{database} has no {CONTRIBUTIONS}: run the migrations first (`queuewatch migrate`)"
         )
     done: list[str] = []
+    db = f"`{database}`"
     with ENGINE_LOCK, clickhouse_errors(f"switching {database} to assembled windows"):
-        if LATEST_MV in engines:
-            client.command(f"DROP VIEW `{database}`.{LATEST_MV}")
+        if LATEST_MV in _engines(client, database):
+            client.command(f"DROP VIEW IF EXISTS {db}.{LATEST_MV}")
             done.append(f"dropped {LATEST_MV}")
         for name in (WINDOWS, LATEST):
-            engine = engines.get(name)
+            engine = _engines(client, database).get(name)
             if engine is None or engine == "View":
                 continue
-            rows = int(client.command(f"SELECT count() FROM `{database}`.{name}"))
+            rows = int(client.command(f"SELECT count() FROM {db}.{name}"))
             if rows == 0:
-                client.command(f"DROP TABLE `{database}`.{name}")
+                client.command(f"DROP TABLE IF EXISTS {db}.{name}")
                 done.append(f"dropped the empty table {name}")
                 continue
             keep = name + STORED_SUFFIX
-            if keep in engines:
-                raise ConfigurationError(
-                    f"{database}.{name} holds {rows:,} stored rows and {keep} exists already: "
-                    f"drop or rename {keep} before switching this database to output "
-                    "contributions again"
-                )
-            client.command(f"RENAME TABLE `{database}`.{name} TO `{database}`.{keep}")
+            if keep in _engines(client, database):  # switched before: keep both copies
+                keep = f"{keep}_{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+            client.command(f"RENAME TABLE {db}.{name} TO {db}.{keep}")
             done.append(f"kept the {rows:,} stored rows of {name} as {keep}")
+        tables = _tables(client, database)
         for name, (statement, digest) in view_statements(database, config).items():
             if tables.get(name) != ("View", digest):
                 client.command(statement, settings={"max_query_size": _MAX_QUERY_BYTES})

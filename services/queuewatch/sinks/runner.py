@@ -24,6 +24,7 @@ from queuewatch.aggregator.state import AggregationConfig
 from queuewatch.clickhouse import embedded, serving
 from queuewatch.clickhouse.client import ENGINE_LOCK, clickhouse_errors, connect, redact
 from queuewatch.clickhouse.endpoint import socket_path
+from queuewatch.clickhouse.exceptions import ClickHouseError
 from queuewatch.clickhouse.http_endpoint import ClickHouseHttpEndpoint, load_password
 from queuewatch.clickhouse.migrations import migrate
 from queuewatch.clickhouse.query import QueryService
@@ -162,7 +163,15 @@ def serve_windows(client: Any, database: str, kinds: Sequence[SinkKind]) -> None
                 "windows are either stored (output windows) or assembled (output contributions)"
             )
         config = AggregationConfig.from_settings(AggregatorSettings())
-        serving.serve_assembled(client, database, config)
+        try:
+            serving.serve_assembled(client, database, config)
+        except ClickHouseError as exc:
+            raise ConfigurationError(
+                f"the window views of {database} are missing or made with other settings, "
+                f"and this sink could not make them ({exc}). Run `queuewatch migrate` as a "
+                "user allowed to run DDL, with the same QUEUEWATCH_AGGREGATOR_* settings as "
+                "this sink; a sink finding them as its settings want them runs no DDL"
+            ) from exc
     elif "windows" in kinds:
         serving.require_stored(client, database, "the window sink")
 
