@@ -21,7 +21,7 @@ from typing import Any
 REPEATS = 5
 
 
-def _queries(crossing: str) -> dict[str, str]:
+def _queries() -> dict[str, str]:
     from queuewatch.dashboard.queries import SPARKLINES_SQL
 
     return {
@@ -29,7 +29,7 @@ def _queries(crossing: str) -> dict[str, str]:
         "current_windows": "SELECT * FROM current_windows",
         "one_crossing_1h_windows": (
             "SELECT * FROM crossing_windows FINAL "
-            f"WHERE crossing_id = '{crossing}' AND window_size = '1h' ORDER BY window_start"
+            "WHERE crossing_id = {c:String} AND window_size = '1h' ORDER BY window_start"
         ),
         "dashboard_sparklines": SPARKLINES_SQL,
         "every_window_count": "SELECT count() FROM crossing_windows FINAL",
@@ -53,11 +53,12 @@ def measure(folder: str) -> dict[str, Any]:
         "ORDER BY count() DESC, crossing_id LIMIT 1"
     )
     reads: dict[str, Any] = {}
-    for name, sql in _queries(str(crossing)).items():
+    for name, sql in _queries().items():
         times, rows = [], 0
         for _ in range(REPEATS):
             t = time.perf_counter()
-            rows = len(client.query(sql).result_rows)
+            bound = {"c": str(crossing)} if "{c:String}" in sql else None
+            rows = len(client.query(sql, parameters=bound).result_rows)
             times.append(time.perf_counter() - t)
         reads[name] = {
             "median_s": round(statistics.median(times), 4),

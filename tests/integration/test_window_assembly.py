@@ -416,3 +416,65 @@ def test_the_two_window_sinks_never_share_a_database() -> None:
 
     with pytest.raises(ConfigurationError, match="cannot share a database"):
         serve_windows(None, DB, ["raw", "windows", "contributions"])
+
+
+class _Crashing:
+    """A client that dies (as a killed process would) before its ``n``-th DDL statement."""
+
+    def __init__(self, client: Any, n: int) -> None:
+        self.client, self.n = client, n
+
+    def command(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        if sql.lstrip().startswith(("DROP", "RENAME", "CREATE")):
+            self.n -= 1
+            if self.n <= 0:
+                raise RuntimeError("killed")
+        return self.client.command(sql, *args, **kwargs)
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        return self.client.query(*args, **kwargs)
+
+
+def test_a_switch_killed_after_every_step_in_a_row_still_ends_in_the_same_schema(
+    client: Any,
+) -> None:
+    """Crashes come in bursts: a database with stored rows is switched by a process killed
+    before its first DDL statement, then by processes each killed right after one more
+    statement, every one starting where the last stopped, until one gets through. The end
+    is that of an uninterrupted switch: the views, the stored rows kept once, no feed."""
+    from queuewatch.clickhouse import serving
+    from queuewatch.clickhouse.exceptions import ClickHouseError
+
+    _, contributions = replay(random.Random(3), "kz-ru-syrym", 60, 20)
+    assembled(client, contributions)
+    want = client.query(
+        windows_select(CONFIG.families, CONFIG.consensus, CONFIG.consensus_max_size, DB)
+    ).result_rows
+    db = f"{DB}_burst"
+    migrate(client, db)
+    client.command(
+        f"INSERT INTO {db}.crossing_contributions SELECT * FROM {DB}.crossing_contributions"
+    )
+    client.command(
+        f"INSERT INTO {db}.crossing_windows (crossing_id, window_size) VALUES ('x', '1h')"
+    )
+    with pytest.raises(ClickHouseError, match="killed"):
+        serve_assembled(_Crashing(client, 1), db, CONFIG)  # type: ignore[arg-type]
+    kills = 0
+    while True:  # MV drop, two renames, two views: each run gets one statement through
+        try:
+            serve_assembled(_Crashing(client, 2), db, CONFIG)  # type: ignore[arg-type]
+            break
+        except ClickHouseError:
+            kills += 1
+            assert kills <= 5, "a run killed after one step made no progress"
+    assert kills == 4  # five statements in all: the fifth run finished
+    assert serving.layout(client, db) == "assembled"
+    tables = {r[0] for r in client.query(f"SHOW TABLES FROM {db}").result_rows}
+    assert "window_latest_mv" not in tables
+    assert {"crossing_windows_stored", "window_latest_stored"} <= tables
+    assert not any(t.startswith("crossing_windows_stored_") for t in tables)
+    assert int(client.command(f"SELECT count() FROM {db}.crossing_windows_stored")) == 1
+    got = client.query(f"SELECT * FROM {db}.crossing_windows").result_rows
+    assert sorted(map(repr, got)) == sorted(map(repr, want))
+    assert serve_assembled(client, db, CONFIG) == []

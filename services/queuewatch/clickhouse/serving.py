@@ -61,10 +61,11 @@ def _engines(client: Any, database: str) -> dict[str, str]:
 
 def layout(client: Any, database: str) -> Layout:
     """``stored`` (tables), ``assembled`` (views over contributions) or ``none`` (no schema)."""
-    engine = _engines(client, database).get(WINDOWS)
+    engines = _engines(client, database)
+    engine = engines.get(WINDOWS)
     if engine is None:
         # A switch interrupted between dropping the table and making the view.
-        return "assembled" if CONTRIBUTIONS in _engines(client, database) else "none"
+        return "assembled" if CONTRIBUTIONS in engines else "none"
     return "assembled" if engine == "View" else "stored"
 
 
